@@ -1,0 +1,124 @@
+"""Task heads: the transformers model class for each task type, built on a named base.
+
+sequence → ``AutoModelForSequenceClassification`` (single sentences and pairs)
+tagging  → ``AutoModelForTokenClassification`` (a word is its last wordpiece; see data.encode)
+choice   → ``AutoModelForMultipleChoice`` (one score per (context, choice) pair)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+from torch import nn
+from transformers import (AutoConfig, AutoModelForMultipleChoice, AutoModelForSequenceClassification,
+                          AutoModelForTokenClassification, AutoTokenizer)
+
+from .errors import ModelError
+from .models import resolve_model
+
+TASK_TYPES = ("sequence", "tagging", "choice")
+
+HEAD_CLASSES = {
+    "sequence": AutoModelForSequenceClassification,
+    "tagging": AutoModelForTokenClassification,
+    "choice": AutoModelForMultipleChoice,
+}
+
+# Heads whose pre-classifier is a fresh dense layer of the pooler's shape: we start it
+# from the checkpoint's pooler, so every architecture has a pretrained W_P as in BERT.
+POOLER_INTO_PRE_CLASSIFIER = {"roberta": "classifier.dense", "xlm-roberta": "classifier.dense",
+                              "camembert": "classifier.dense", "mpnet": "classifier.dense"}
+
+transformers.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
+
+
+def load_tokenizer(model_name: str):
+    path = resolve_model(model_name)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"could not load the tokenizer of '{model_name}': {str(e).splitlines()[0]}") from None
+
+
+def build_model(model_name: str, task_type: str, labels: list[str] | tuple[str, ...], seed: int = 0,
+                config=None) -> nn.Module:
+    """The pretrained encoder ``model_name`` with a random head for ``task_type``.
+
+    The head is initialised from ``seed`` (so it is reproducible and can be stored in
+    a mask file). With ``config`` (a transformers config) the model is built with
+    random weights instead of loading a checkpoint, used for tests on true shapes.
+    """
+    if task_type not in HEAD_CLASSES:
+        raise ModelError(f"unknown task type '{task_type}'; expected one of {', '.join(TASK_TYPES)}")
+    labels = list(labels)
+    head_kwargs = {}
+    if task_type != "choice":
+        head_kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                       "label2id": {l: i for i, l in enumerate(labels)}}
+    cls = HEAD_CLASSES[task_type]
+    torch.manual_seed(seed)
+    if config is not None:
+        for k, v in head_kwargs.items():
+            setattr(config, k, v)
+        model = cls.from_config(config)
+    else:
+        path = resolve_model(model_name)
+        try:
+            model = cls.from_pretrained(path, **head_kwargs)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"could not load model '{model_name}': {str(e).splitlines()[0]}") from None
+        _pooler_into_pre_classifier(model, path)
+    model.maskfit_base = model_name
+    model.maskfit_task_type = task_type
+    return model
+
+
+def _pooler_into_pre_classifier(model: nn.Module, path: str) -> None:
+    target = POOLER_INTO_PRE_CLASSIFIER.get(model.config.model_type)
+    if target is None:
+        return
+    try:
+        dense = model.get_submodule(target)
+    except AttributeError:
+        return
+    pooler = _checkpoint_tensors(path, ("pooler.dense.weight", "pooler.dense.bias"))
+    if pooler is None or pooler[0].shape != dense.weight.shape:
+        return
+    with torch.no_grad():
+        dense.weight.copy_(pooler[0])
+        dense.bias.copy_(pooler[1])
+    model.maskfit_pooler_copied = True
+
+
+def _checkpoint_tensors(path: str, names: tuple[str, ...]):
+    from safetensors import safe_open
+
+    files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            keys = set(st.keys())
+            for prefix in ("", "roberta.", "mpnet.", "bert."):
+                if all(prefix + n in keys for n in names):
+                    return [st.get_tensor(prefix + n) for n in names]
+    return None
+
+
+def random_head_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Name → tensor of the head's randomly initialised parameters.
+
+    These are what a mask file stores besides the masks: every parameter outside the
+    base model, except a pre-classifier that :func:`build_model` starts from the
+    checkpoint's pooler (it is rebuilt from the base on load).
+    """
+    base_names = {f"{model.base_model_prefix}.{n}" for n, _ in model.base_model.named_parameters()}
+    skip = ""
+    if getattr(model, "maskfit_pooler_copied", False):
+        skip = POOLER_INTO_PRE_CLASSIFIER[model.config.model_type] + "."
+    out = {}
+    for n, p in model.named_parameters():
+        if n in base_names or n.endswith(".scores") or (skip and n.startswith(skip)):
+            continue
+        out[n] = p
+    return out
