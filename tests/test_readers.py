@@ -103,12 +103,13 @@ def test_conll2003_skips_docstart(tmp_path):
 
 def test_conllu_xpos_and_word_counts():
     # 204,577 syntactic words = the UD stats: multiword-token lines (2,614) and empty nodes (37) skipped
-    assert sum(len(ex.words) for ex in read_conllu(DATA / EWT.format("train"))) == 204_577
+    train = read_conllu(DATA / EWT.format("train"))
+    assert sum(len(ex.words) for ex in train) == 204_577
     dev = read_conllu(DATA / EWT.format("dev"))
     assert sum(len(ex.words) for ex in dev) == 25_147
     assert dev[0] == TaggingExample(["From", "the", "AP", "comes", "this", "story", ":"],
                                     ["IN", "DT", "NNP", "VBZ", "DT", "NN", ":"])
-    tags = {t for ex in read_conllu(DATA / EWT.format("train")) for t in ex.tags}
+    tags = {t for ex in train for t in ex.tags}
     assert len(tags) == 49 and {"NN", "VBZ", "-LRB-", "PRP$", "``"} <= tags
 
 

@@ -375,31 +375,34 @@ def get_task(name: str, data_dir: str | Path | None = None, dev: str | None = No
     return Task(TASKS[key], resolve_data_dir(data_dir), {"name": key})
 
 
+def _labelled(task: Task, split: str) -> list:
+    """The examples of ``split``; ``DataError`` when there are none or one lacks its label."""
+    examples = task.load(split)
+    if not examples:
+        raise DataError(f"{task.source(split)}: no examples")
+    for i, ex in enumerate(examples, 1):
+        if (ex.tags if isinstance(ex, TaggingExample) else ex.label) is None:
+            raise DataError(f"{task.source(split)}: example {i} has no label")
+    return examples
+
+
 def check_labels(task: Task) -> tuple[str, ...]:
     """Validate the train and eval splits before training; return the task's labels.
 
     Raises ``DataError`` for an empty or unavailable train split, unlabelled examples, a
     train label outside a fixed label list, or an eval-split label that train lacks.
     """
-    train = task.load("train")
-    splits = ["train"] + ([task.eval_split] if task.eval_split != "train" and task.has_split(task.eval_split) else [])
-    seen: dict[str, set[str]] = {}
-    for split in splits:
-        examples = task.load(split)
-        if not examples:
-            raise DataError(f"{task.source(split)}: no examples")
-        for i, ex in enumerate(examples, 1):
-            if (ex.tags if isinstance(ex, TaggingExample) else ex.label) is None:
-                raise DataError(f"{task.source(split)}: example {i} has no label")
-        if not isinstance(train[0], ChoiceExample):
-            seen[split] = _example_labels(examples)
+    train = _labelled(task, "train")
     labels = task.labels
-    if "train" in seen:
-        for label in sorted(seen["train"] - set(labels)):
-            raise DataError(f"{task.source('train')}: label {label!r} is not a label of task "
-                            f"{task.name!r} ({', '.join(labels)})")
-        for split in splits[1:]:
-            for label in sorted(seen[split] - seen["train"]):
-                raise DataError(f"{task.source(split)}: label {label!r} does not occur in the train split "
-                                f"({task.source('train')})")
+    choice = isinstance(train[0], ChoiceExample)
+    seen = set() if choice else _example_labels(train)
+    for label in sorted(seen - set(labels)):
+        raise DataError(f"{task.source('train')}: label {label!r} is not a label of task "
+                        f"{task.name!r} ({', '.join(labels)})")
+    split = task.eval_split
+    if split != "train" and task.has_split(split):
+        examples = _labelled(task, split)
+        for label in sorted(set() if choice else _example_labels(examples) - seen):
+            raise DataError(f"{task.source(split)}: label {label!r} does not occur in the train split "
+                            f"({task.source('train')})")
     return labels

@@ -1,0 +1,63 @@
+"""Shared fixtures: the real MiniLM tokenizer, real SST-2 rows, tiny random configs.
+
+SST-2 rows are read straight from the shared data directory with the csv module, so
+these tests do not depend on ``maskfit.data`` / ``maskfit.tasks``.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SST2_TRAIN = ROOT.parent / "shared" / "data" / "sst2" / "train.tsv"
+N_SST2_ROWS = 48
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    from maskfit import load_tokenizer
+
+    return load_tokenizer("minilm")
+
+
+@pytest.fixture(scope="session")
+def sst2_rows() -> list[tuple[str, int]]:
+    """A few dozen real SST-2 training rows as ``(sentence, label)``, both labels present."""
+    assert SST2_TRAIN.is_file(), f"SST-2 data missing at {SST2_TRAIN}"
+    rows = []
+    with open(SST2_TRAIN, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader)
+        assert header == ["sentence", "label"], header
+        for rec in reader:
+            rows.append((rec[0].strip(), int(rec[1])))
+            if len(rows) == N_SST2_ROWS:
+                break
+    assert len(rows) == N_SST2_ROWS
+    assert {lab for _, lab in rows} == {0, 1}
+    return rows
+
+
+@pytest.fixture(scope="session")
+def sst2_batch(minilm_tokenizer, sst2_rows):
+    """16 real SST-2 rows, tokenised and padded for MiniLM, with integer labels."""
+    rows = sst2_rows[:16]
+    enc = minilm_tokenizer([t for t, _ in rows], padding=True, truncation=True, max_length=64,
+                           return_tensors="pt")
+    batch = dict(enc)
+    batch["labels"] = torch.tensor([lab for _, lab in rows])
+    assert set(batch["labels"].tolist()) == {0, 1}
+    return batch
+
+
+@pytest.fixture
+def tiny_bert_config():
+    """A fresh, small BERT config (4 blocks, hidden 32); fresh per test because
+    ``build_model(config=...)`` writes the labels into it."""
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=64, type_vocab_size=2)
