@@ -8,9 +8,11 @@ Three kinds of names:
 - custom files ``csv:PATH``, ``tsv:PATH``, ``jsonl:PATH`` (PATH = train file; ``dev`` /
   ``test`` give the other splits; ``text_column`` and ``label_column`` are required,
   ``text_pair_column`` optional): a sequence task scored by accuracy;
-- Hugging Face hub datasets, any name with a ``/`` (``glue/sst2``, ``owner/name`` or
-  ``owner/name:config``), loaded lazily through ``datasets.load_dataset``; offline (or
-  with the hub unreachable) only a local cache is tried, so failure is immediate.
+- Hugging Face hub datasets, any other name with a ``/`` (``glue/sst2``, ``owner/name``
+  or ``owner/name:config``; a local dataset folder works too), loaded lazily through
+  ``datasets.load_dataset`` as sequence tasks (text / pair / label columns guessed, or
+  given). Offline (``HF_HUB_OFFLINE``, or the hub unreachable within 3 s) only the
+  local cache is tried, so failure is immediate.
 
 Splits are called ``train``, ``dev`` and ``test`` everywhere.
 """
