@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# Two CPU cores shared with other jobs: one intra-op thread is ~3x faster here than
+# OpenMP threads fighting for the cores (measured: 3 MiniLM train steps 2.5 s vs 8.6 s).
+torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parents[1]
 SST2_TRAIN = ROOT.parent / "shared" / "data" / "sst2" / "train.tsv"
 N_SST2_ROWS = 48
@@ -43,8 +47,9 @@ def sst2_rows() -> list[tuple[str, int]]:
 
 @pytest.fixture(scope="session")
 def sst2_batch(minilm_tokenizer, sst2_rows):
-    """16 real SST-2 rows, tokenised and padded for MiniLM, with integer labels."""
-    rows = sst2_rows[:16]
+    """8 real SST-2 rows (the first 4 of each label), tokenised and padded for MiniLM,
+    with integer labels."""
+    rows = [r for r in sst2_rows if r[1] == 0][:4] + [r for r in sst2_rows if r[1] == 1][:4]
     enc = minilm_tokenizer([t for t, _ in rows], padding=True, truncation=True, max_length=64,
                            return_tensors="pt")
     batch = dict(enc)

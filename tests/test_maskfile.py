@@ -118,6 +118,12 @@ def test_load_masks_onto_fresh_model_restores_head(trained):
         assert torch.equal(fresh(**trained["inputs"]).logits, trained["logits"])
 
 
+def test_resaving_a_loaded_model_gives_the_same_file(trained, tmp_path):
+    loaded = load_task_model(trained["path"])
+    again = save_masks(loaded, tmp_path / "again.masks")
+    assert again.read_bytes() == trained["path"].read_bytes()
+
+
 def test_metadata(trained):
     mf = read_maskfile(trained["path"])
     meta, model = mf.meta, trained["model"]

@@ -176,6 +176,22 @@ def test_forward_equals_linear_with_masked_weight():
     assert torch.equal(layer(x), out)
 
 
+def test_half_precision_weight_keeps_fp32_scores():
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 4).to(torch.bfloat16)
+    cfg = MaskConfig(init_sparsity=0.25)
+    layer = MaskedLinear(lin, cfg.threshold, scores=initial_scores((4, 8), cfg, "h"))
+    assert layer.scores.dtype == torch.float32 and layer.weight.dtype == torch.bfloat16
+    x = torch.randn(3, 8, dtype=torch.bfloat16)
+    y = layer(x)
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, F.linear(x, lin.weight * layer.mask(), lin.bias))
+    y.float().sum().backward()
+    assert layer.scores.grad.dtype == torch.float32
+    expected = (torch.ones(3, 4, dtype=torch.bfloat16).T @ x).float() * lin.weight.float()
+    torch.testing.assert_close(layer.scores.grad, expected, rtol=1e-2, atol=1e-2)
+
+
 def test_masked_linear_rejects_bad_arguments():
     lin = nn.Linear(4, 3)
     with pytest.raises(ValueError, match="exactly one"):

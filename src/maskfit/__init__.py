@@ -4,7 +4,7 @@
     model = build_model("minilm", "sequence", labels=["neg", "pos"])
     mask_model(model, MaskConfig(init_sparsity=0.05))   # only mask scores train
     ...                                                   # train (maskfit.train.fit)
-    save_masks(model, "sst2.masks")                       # ~3% of the fp32 model
+    save_masks(model, "sst2.masks")                       # ~1-2% of the fp32 model
 """
 from .errors import DataError, MaskfileError, MaskfitError, ModelError, RunError
 from .heads import build_model, load_tokenizer

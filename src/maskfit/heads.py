@@ -30,14 +30,23 @@ HEAD_CLASSES = {
 POOLER_INTO_PRE_CLASSIFIER = {"roberta": "classifier.dense", "xlm-roberta": "classifier.dense",
                               "camembert": "classifier.dense", "mpnet": "classifier.dense"}
 
+# Tokenizers that need add_prefix_space=True for pre-split words (tagging tasks).
+BYTE_LEVEL_BPE = {"roberta", "xlm-roberta", "camembert", "gpt2", "longformer"}
+
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
 
 def load_tokenizer(model_name: str):
     path = resolve_model(model_name)
+    kwargs = {}
     try:
-        return AutoTokenizer.from_pretrained(path)
+        if AutoConfig.from_pretrained(path).model_type in BYTE_LEVEL_BPE:
+            kwargs["add_prefix_space"] = True  # needed to tokenise pre-split words (tagging)
+    except (OSError, ValueError):
+        pass
+    try:
+        return AutoTokenizer.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelError(f"could not load the tokenizer of '{model_name}': {str(e).splitlines()[0]}") from None
 

@@ -392,9 +392,7 @@ def _fit(task, model_name, run_dir, args, mask_config, model_config, info, resum
 
     # Reload the best epoch so the returned model (and the test score) are the kept ones.
     if run_dir:
-        from .run import load_run
-
-        model = load_run(run_dir).model()
+        model = load_best(run_dir, model_config)
     elif best_state is not None:
         with torch.no_grad():
             named = dict(model.named_parameters())
@@ -420,6 +418,34 @@ def _fit(task, model_name, run_dir, args, mask_config, model_config, info, resum
         atomic_write_json(run_dir / "metrics.json", metrics)
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     return FitResult(model, metrics, run_dir)
+
+
+def load_best(run_dir: str | os.PathLike, model_config=None) -> nn.Module:
+    """The best epoch's model of a run directory, in eval mode.
+
+    Without ``model_config`` this is ``load_run(run_dir).model()``. With it (a run that
+    ``fit(model_config=...)`` trained on a random model of that config, as tests do) the
+    random base is rebuilt from the run's seed exactly as :func:`make_model` built it, and
+    the mask file (fingerprint-checked) or the finetuned weights are loaded onto it.
+    """
+    import copy
+
+    from .run import load_run
+
+    run = load_run(run_dir)
+    if model_config is None:
+        return run.model()
+    info = run.info
+    model = build_model(info["model"], info["task_type"], info["labels"] or ["choice"],
+                        seed=info["args"]["seed"], config=copy.deepcopy(model_config))
+    if run.method == "mask":
+        from .maskfile import load_masks
+
+        return load_masks(model, run.path / "task.masks")
+    from safetensors.torch import load_model
+
+    load_model(model, str(run.path / "model.safetensors"))
+    return model.eval()
 
 
 def _tokenizer_for(model_name: str):

@@ -55,7 +55,9 @@ class MaskedLinear(nn.Module):
         """``W ⊙ m``; differentiable w.r.t. the scores when training."""
         if self.fixed_mask is not None:
             return self.weight * self.fixed_mask
-        return self.weight * binarize(self.scores, self.threshold)
+        # The scores stay fp32 (τ-sized steps would vanish in bf16/fp16); the 0/1 mask takes
+        # the weight's dtype so a half-precision model gets a half-precision Ŵ.
+        return self.weight * binarize(self.scores, self.threshold).to(self.weight.dtype)
 
     def freeze(self) -> None:
         """Replace the scores by their binary mask (1 byte/weight instead of 4)."""

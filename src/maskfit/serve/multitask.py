@@ -506,6 +506,21 @@ class MultiTaskModel:
 
     # ------------------------------------------------------------------ switching
 
+    def set_strategy(self, strategy: str, cache_budget_bytes: int | None = None) -> None:
+        """Change the strategy in place (drops merged weights; the next request re-switches)."""
+        if strategy not in STRATEGIES:
+            raise MaskfitError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+        with self._lock:
+            for task in self._tasks.values():
+                for layer in task.layers:
+                    layer.module.set_plain()
+            self._active, self._current = [], None
+            self._buffers.clear()
+            self._cache.clear()
+            self.strategy = strategy
+            if cache_budget_bytes is not None:
+                self.cache_budget_bytes = int(cache_budget_bytes)
+
     def _cache_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for s in self._cache.values() for t in s.values())
 
@@ -595,6 +610,16 @@ class MultiTaskModel:
                                             "shorten it or allow truncation")
         return examples, feats
 
+    def forward(self, task_name: str, batch: dict) -> torch.Tensor:
+        """Logits of an already collated batch (``maskfit.data.collate``) for ``task_name``.
+
+        Switches to the task if needed and runs the forward, both under the model lock.
+        """
+        with self._lock, torch.no_grad():
+            task = self._task(task_name)
+            self._switch(task)
+            return forward_logits(self._models[task.type], task.type, batch)
+
     def logits(self, task_name: str, inputs, max_length: int | None = None, truncate: bool = True) -> list[torch.Tensor]:
         """Raw logits, one tensor per batch of :attr:`batch_size` inputs (in order)."""
         return [lg for _, lg, _ in self._run(task_name, inputs, max_length, truncate)]
@@ -602,16 +627,12 @@ class MultiTaskModel:
     def _run(self, task_name, inputs, max_length, truncate):
         from ..data.encode import collate
 
-        task = self._task(task_name)
         examples, feats = self.encode(task_name, inputs, max_length, truncate)
         pad = self.tokenizer.pad_token_id
         out = []
         for start in range(0, len(feats), self.batch_size):
             batch = collate(feats[start:start + self.batch_size], pad)
-            with self._lock, torch.no_grad():
-                task = self._task(task_name)  # may have been replaced meanwhile
-                self._switch(task)
-                logits = forward_logits(self._models[task.type], task.type, batch)
+            logits = self.forward(task_name, batch)
             out.append((examples[start:start + self.batch_size], logits, batch))
         return out
 

@@ -1,0 +1,209 @@
+"""train → eval → predict through the real CLI, per task type and method; resume; bad input.
+
+The real MiniLM on a few dozen real rows: 1–2 short epochs, so every code path runs
+without pretending to measure accuracy (that is benchmarks/paper_table.py's job).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from maskfit.cli import main
+from maskfit.run import load_run
+
+FAST = ["--limit-train", "16", "--limit-eval", "12", "--batch-size", "8", "--max-length", "48", "--quiet",
+        "--precision", "fp32"]
+
+CASES = {
+    "sequence": ("sst2", {"text": ["a gorgeous , witty , seductive movie .", "dull and lifeless"]}),
+    "pair": ("rte", {"text": ["The cat sat on the mat."], "text_pair": ["A cat is sitting."]}),
+    "tagging": ("ner", {"text": ["Peter Blackburn visited Unaffable Industries in Berlin"]}),
+    "choice": ("arc-easy", {"text": ["Which is a mammal?"], "choice": ["shark", "whale", "trout", "eel"]}),
+}
+
+
+def run_cli(args, capsys) -> tuple[int, str, str]:
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.parametrize("method", ["mask", "finetune"])
+@pytest.mark.parametrize("kind", list(CASES))
+def test_train_eval_predict_round_trip(kind, method, tmp_path, capsys):
+    task, inputs = CASES[kind]
+    out = tmp_path / "run"
+    rc, stdout, err = run_cli(["train", "--task", task, "--method", method, "--out", out, "--epochs", "1",
+                               "--lr", "1e-3" if method == "mask" else "5e-5", *FAST], capsys)
+    assert rc == 0, err
+    assert f"{task}: best dev" in stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["completed"] and len(metrics["epochs"]) == 1 and metrics["n_train"] == 16
+    assert metrics["train_examples_per_s"] > 0 and metrics["wall_time_s"] > 0
+    assert "torch" in metrics["versions"]
+    weights = out / ("task.masks" if method == "mask" else "model.safetensors")
+    assert weights.is_file() and not (out / "checkpoint").exists()
+    assert (out / "train.log").read_text().count("epoch 1:") == 1
+
+    # eval reproduces the score the run recorded for its best epoch (same examples, same precision)
+    rc, stdout, err = run_cli(["eval", "--run", out, "--limit", "12"], capsys)
+    assert rc == 0, err
+    ev = json.loads(stdout)
+    assert ev["score"] == pytest.approx(metrics["best_score"], abs=1e-9)
+
+    args = ["predict", "--run", out]
+    for t in inputs["text"]:
+        args += ["--text", t]
+    for p in inputs.get("text_pair", []):
+        args += ["--text-pair", p]
+    for c in inputs.get("choice", []):
+        args += ["--choice", c]
+    rc, stdout, err = run_cli(args, capsys)
+    assert rc == 0, err
+    preds = [json.loads(line) for line in stdout.splitlines()]
+    assert len(preds) == len(inputs["text"])
+    info = json.loads((out / "run.json").read_text())
+    if kind == "tagging":
+        assert len(preds[0]["tags"]) == len(inputs["text"][0].split())
+        assert set(preds[0]["tags"]) <= set(info["labels"])
+    elif kind == "choice":
+        assert 0 <= preds[0]["choice"] < 4 and sum(preds[0]["probs"]) == pytest.approx(1, abs=1e-5)
+    else:
+        assert preds[0]["label"] in info["labels"]
+        assert sum(preds[0]["probs"].values()) == pytest.approx(1, abs=1e-5)
+
+
+def test_finetune_trains_every_weight_and_mask_trains_none(tmp_path):
+    from maskfit.tasks import get_task
+    from maskfit.train import TrainArgs, fit
+    from maskfit import build_model
+
+    task = get_task("sst2")
+    base = build_model("minilm", "sequence", ["0", "1"])
+    emb0 = base.bert.embeddings.word_embeddings.weight.detach().clone()
+    args = dict(epochs=1, limit_train=16, limit_eval=8, batch_size=8, max_length=32, precision="fp32")
+    ft = fit(task, "minilm", None, TrainArgs(method="finetune", lr=1e-3, **args), progress=False).model
+    assert not torch.equal(ft.bert.embeddings.word_embeddings.weight, emb0)
+    assert not torch.equal(ft.bert.encoder.layer[0].attention.self.query.weight,
+                           base.bert.encoder.layer[0].attention.self.query.weight)
+    mk = fit(task, "minilm", None, TrainArgs(method="mask", lr=1e-2, **args), progress=False).model
+    assert torch.equal(mk.bert.embeddings.word_embeddings.weight, emb0)
+    assert torch.equal(mk.bert.encoder.layer[3].output.dense.weight, base.bert.encoder.layer[3].output.dense.weight)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path):
+    from maskfit.maskfile import read_maskfile
+    from maskfit.tasks import get_task
+    from maskfit.train import TrainArgs, fit
+
+    task = get_task("mrpc")
+    args = TrainArgs(method="mask", lr=2e-3, epochs=2, patience=0, limit_train=24, limit_eval=12, batch_size=8,
+                     max_length=48, precision="fp32")
+    straight = fit(task, "minilm", tmp_path / "straight", args, progress=False)
+
+    def stop_after_first(epoch, record):
+        if epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(task, "minilm", tmp_path / "resumed", args, callbacks=[stop_after_first], progress=False)
+    assert (tmp_path / "resumed" / "checkpoint" / "state.pt").exists()
+    assert not (tmp_path / "resumed" / "metrics.json").exists()
+    resumed = fit(task, "minilm", tmp_path / "resumed", args, progress=False)
+    log = (tmp_path / "resumed" / "train.log").read_text()
+    assert "resuming" in log and log.count("epoch 1:") == 1 and log.count("epoch 2:") == 1
+    assert [r["dev_score"] for r in resumed.metrics["epochs"]] == [r["dev_score"] for r in straight.metrics["epochs"]]
+    a, b = read_maskfile(tmp_path / "straight" / "task.masks"), read_maskfile(tmp_path / "resumed" / "task.masks")
+    assert a.masks.keys() == b.masks.keys()
+    assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+
+
+def test_completed_or_different_run_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["train", "--task", "sst2", "--out", out, "--epochs", "1", *FAST]
+    assert run_cli(base, capsys)[0] == 0
+    rc, _, err = run_cli(base, capsys)
+    assert rc == 2 and "already complete" in err and "--overwrite" in err
+    rc, _, err = run_cli(["train", "--task", "cola", "--out", out, "--epochs", "1", *FAST], capsys)
+    assert rc == 2 and "different run" in err
+    assert run_cli(base + ["--overwrite"], capsys)[0] == 0
+
+
+def one_line_error(rc, err):
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("maskfit: error:"), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_malformed_rows_name_file_and_line(tmp_path, capsys):
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\ngood film,pos\nbad film\nfine,neg\n")
+    rc, _, err = run_cli(["train", "--task", f"csv:{train}", "--text-column", "text", "--label-column", "label",
+                          "--out", tmp_path / "r", *FAST], capsys)
+    line = one_line_error(rc, err)
+    assert "train.csv:3" in line
+
+
+def test_dev_label_missing_from_train_is_refused(tmp_path, capsys):
+    train, dev = tmp_path / "train.tsv", tmp_path / "dev.tsv"
+    train.write_text("text\tlabel\ngood\tpos\nbad\tneg\n")
+    dev.write_text("text\tlabel\nmeh\tneutral\n")
+    rc, _, err = run_cli(["train", "--task", f"tsv:{train}", "--dev", dev, "--text-column", "text",
+                          "--label-column", "label", "--out", tmp_path / "r", *FAST], capsys)
+    assert "neutral" in one_line_error(rc, err)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--task", "nosuchtask", "--out", "X"], "unknown task"),
+    (["train", "--task", "qnli", "--out", "X"], "QNLI train is not available"),
+    (["train", "--task", "sst2", "--out", "X", "--blocks", "2-99"], "out of range"),
+    (["train", "--task", "sst2", "--out", "X", "--modules", "q,zz"], "unknown module"),
+    (["eval", "--run", "/nonexistent/run"], "not a maskfit run directory"),
+])
+def test_bad_arguments_get_one_line_errors(argv, needle, tmp_path, capsys):
+    argv = [str(tmp_path / a) if a == "X" else a for a in argv]
+    assert needle in one_line_error(*run_cli(argv, capsys)[::2])
+
+
+def test_wrong_base_for_mask_file_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(["train", "--task", "sst2", "--out", out, "--epochs", "1", *FAST], capsys)[0] == 0
+    info = json.loads((out / "run.json").read_text())
+    # a different base: MiniLM with one embedding row changed, saved as a local model folder
+    from transformers import AutoModel
+
+    from maskfit import resolve_model
+
+    other = AutoModel.from_pretrained(resolve_model("minilm"))
+    with torch.no_grad():
+        other.embeddings.word_embeddings.weight[100] += 1.0
+    other.save_pretrained(tmp_path / "other")
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(resolve_model("minilm")).save_pretrained(tmp_path / "other")
+    info["model"] = str(tmp_path / "other")
+    (out / "run.json").write_text(json.dumps(info))
+    line = one_line_error(*run_cli(["eval", "--run", out], capsys)[::2])
+    assert "fingerprint" in line and "minilm" in line
+
+
+def test_run_model_matches_returned_model(tmp_path):
+    from maskfit.tasks import get_task
+    from maskfit.train import TrainArgs, fit
+
+    task = get_task("cola")
+    res = fit(task, "minilm", tmp_path / "r", TrainArgs(epochs=1, limit_train=16, limit_eval=8, batch_size=8,
+                                                      max_length=32, precision="fp32", lr=1e-2), progress=False)
+    reloaded = load_run(tmp_path / "r").model()
+    tok = load_run(tmp_path / "r").tokenizer
+    batch = tok(["The book was read by John.", "John book the read."], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert torch.equal(res.model(**batch).logits, reloaded(**batch).logits)
