@@ -112,6 +112,19 @@ def test_bezier_endpoints_fixed_and_bend_trained(settings):
     assert all(torch.allclose(half[k], line[k], atol=1e-6) for k in theta0 if theta0[k].is_floating_point())
 
 
+def test_run_names():
+    from maskfit.masking import MaskConfig
+
+    assert common.run_name("finetune", 3) == "finetune/seed-3"
+    assert common.run_name("mask", 0, MaskConfig(seed=0)) == "mask/seed-0"
+    assert common.run_name("mask", 1, MaskConfig(init_sparsity=0.5, seed=1)) == "mask-sparsity-0.5/seed-1"
+    assert common.run_name("mask", 0, MaskConfig(blocks=[], seed=0)) == "mask-blocks-none/seed-0"
+    assert common.run_name("mask", 0, MaskConfig(blocks=[3, 4, 5], seed=0)) == "mask-blocks-3-5/seed-0"
+    assert common.run_name("mask", 0, MaskConfig(modules=("q", "k"), seed=0)).startswith("mask-cfg-")
+    six = layers.mask_config_for([2, 3, 4, 5], 6, 0)
+    assert six.blocks is None  # top-down k = 4 of 6 blocks is the preset run
+
+
 def test_blocks_for():
     assert layers.blocks_for("bottom-up", 2, 6) == [0, 1]
     assert layers.blocks_for("top-down", 2, 6) == [4, 5]
@@ -130,11 +143,12 @@ def test_sparsity_sweep_and_reuse(settings, tmp_path):
     assert all(0.0 <= r["dev_score"] <= 1.0 for r in res["runs"])
     hi = [r for r in res["runs"] if r["init_sparsity"] == 0.5]
     assert all(r["final_sparsity"] > 0.3 for r in hi)  # 50% start is visible in the result
-    mtime = (tmp_path / "runs/sst2/sparsity-0.05/seed-0/metrics.json").stat().st_mtime_ns
+    mtime = (tmp_path / "runs/sst2/mask/seed-0/metrics.json").stat().st_mtime_ns
     again = sparsity_sweep.run(["sst2"], [0.05], [0], settings, tmp_path)  # completed runs are reused
     assert again["runs"][0]["reused"] is True
     assert again["runs"][0]["dev_score"] == res["runs"][0]["dev_score"]
-    assert (tmp_path / "runs/sst2/sparsity-0.05/seed-0/metrics.json").stat().st_mtime_ns == mtime
+    assert (tmp_path / "runs/sst2/mask/seed-0/metrics.json").stat().st_mtime_ns == mtime
+    assert (tmp_path / "runs/sst2/mask-sparsity-0.5/seed-1/task.masks").is_file()
     other = common.replace(settings, lr=5e-3)
     with pytest.raises(common.RunError, match="other settings"):
         sparsity_sweep.run(["sst2"], [0.05], [0], other, tmp_path)
@@ -147,8 +161,10 @@ def test_layers(settings, tmp_path):
     assert len(res["summary"]) == 6
     # k = 0 and k = L are shared by both directions: 4 distinct block sets, 4 runs
     assert len(list((tmp_path / "runs" / "mrpc").iterdir())) == 4
-    masks = json.loads((tmp_path / "runs/mrpc/blocks-1-1/seed-0/run.json").read_text())["mask_config"]
+    masks = json.loads((tmp_path / "runs/mrpc/mask-blocks-1-1/seed-0/run.json").read_text())["mask_config"]
     assert masks["blocks"] == [1]
+    # k = 0 equals the preset of a 2-block model (blocks 2 … L−1: none): the default mask run
+    assert (tmp_path / "runs/mrpc/mask/seed-0").is_dir()
 
 
 def test_tsne(settings, tmp_path):
@@ -168,7 +184,7 @@ def test_similarity(settings, tmp_path):
     groups = {g["group"] for g in res["groups"]}
     assert {"pooler", "classifier", "all"} <= groups  # tiny model: blocks 0-1 unmasked by the preset
     # the layer CSV's counts add up to the group rows
-    layer_rows, _ = similarity.compare({t: tmp_path / "runs" / t / "seed-0" / "task.masks" for t in ("sst2", "mrpc")})
+    layer_rows, _ = similarity.compare({t: tmp_path / "runs" / t / "mask/seed-0/task.masks" for t in ("sst2", "mrpc")})
     assert sum(r["differ"] for r in layer_rows) == alls[0]["differ"]
 
 

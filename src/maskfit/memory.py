@@ -153,8 +153,10 @@ def plot_memory(rows: list[dict], path: str | os.PathLike, title: str | None = N
     ax.plot(n, [r["finetune_bytes"] / MB for r in rows], marker="o", label="finetuning (N fp32 copies)")
     ax.plot(n, [r["mask_bytes"] / MB for r in rows], marker="s",
             label="masking (1 fp32 base + N 1-bit masks)")
-    if rows and "rss_bytes" in rows[0]:
-        ax.plot(n, [r["rss_bytes"] / MB for r in rows], marker="^", linestyle="--", label="masking, measured RSS")
+    measured = [r for r in rows if "measured_bytes" in r]
+    if measured:
+        ax.plot([r["n_tasks"] for r in measured], [r["measured_bytes"] / MB for r in measured], marker="^",
+                linestyle="--", label="masking, measured (base + RSS growth)")
     ax.set_xlabel("number of tasks N")
     ax.set_ylabel("memory (MB)")
     ax.set_title(title or "Memory for N tasks: finetuning vs masking")
@@ -227,12 +229,9 @@ def memory_command(model_name: str, n_tasks: int = 16, plot_path: str | os.PathL
             print(f"| {m['n_tasks']} | {m['rss_bytes'] / MB:.1f} | {m['delta_bytes'] / MB:.2f} | "
                   f"{m['file_bytes'] / MB:.2f} |")
         by_n = {m["n_tasks"]: m["rss_bytes"] for m in measured}
-        for r in rows:
+        for r in rows:  # what the tasks measurably add, on top of the (computed) fp32 base
             if r["n_tasks"] in by_n:
-                r["rss_bytes"] = by_n[r["n_tasks"]]
-        if not all("rss_bytes" in r for r in rows):
-            for r in rows:
-                r.pop("rss_bytes", None)
+                r["measured_bytes"] = 4 * r["pretrained_params"] + by_n[r["n_tasks"]] - by_n[0]
     if plot_path:
         p = plot_memory(rows, plot_path, title=f"Memory for N tasks on {model_name}: finetuning vs masking")
         print(f"plot written to {p}")

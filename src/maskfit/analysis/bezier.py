@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ..data.encode import bucket_batches, collate, encode, feature_length, split_batch
-from .common import (AtPoint, Settings, add_common_args, csv_list, eval_examples, get_task, int_list, lerp, out_dir,
+from .common import (RAW, AtPoint, Settings, add_common_args, csv_list, eval_examples, get_task, int_list, lerp, out_dir,
                      pyplot, scale_note, score_point, settings_from_args, tokenizer_for, write_csv, write_json)
 from .connectivity import endpoints, gammas
 
@@ -91,7 +91,7 @@ def train_bend(base, task, theta0: dict, theta2: dict, settings: Settings, epoch
             loss.backward()
             opt.step()
             step += 1
-            history.append({"step": step, "epoch": epoch + 1, "t": t, "loss": float(loss)})
+            history.append({"step": step, "epoch": epoch + 1, "t": t, "loss": loss.item()})
     model.params = {}
     return theta1, history
 
@@ -161,7 +161,7 @@ def _plot(rows, history, task, settings, path):
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bezier", help="App. B / Fig. 7: Bézier curve between the masked and finetuned minima",
-                       description=__doc__)
+                       description=__doc__, formatter_class=RAW)
     add_common_args(p, NAME, tasks="sst2")
     p.add_argument("--bend-epochs", type=int, default=1, help="epochs over the train subset for the bend (default 1)")
     p.add_argument("--bend-lr", type=float, help="Adam lr of the bend (default: --finetune-lr)")

@@ -82,6 +82,10 @@ class Settings:
 # --------------------------------------------------------------------------- CLI
 
 
+RAW = argparse.RawDescriptionHelpFormatter
+"""Sub-commands print their module docstring as written (formulas keep their layout)."""
+
+
 def add_common_args(p: argparse.ArgumentParser, name: str, tasks: str, seeds: str = "0", epochs: int = 2,
                     limit_train: int | None = 500, limit_eval: int | None = 300) -> None:
     """The flags every ``maskfit analyze`` sub-command takes."""

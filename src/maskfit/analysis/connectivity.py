@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.encode import encode
-from .common import (Settings, add_common_args, csv_list, eval_examples, get_task, int_list, lerp, out_dir,
+from .common import (RAW, Settings, add_common_args, csv_list, eval_examples, get_task, int_list, lerp, out_dir,
                      param_point, plain_model, pyplot, scale_note, score_point, settings_from_args, tokenizer_for,
                      train_run, write_csv, write_json)
 
@@ -103,7 +103,7 @@ def _plot(rows, pairs, task, settings, path):
 
 def add_parser(sub) -> None:
     p = sub.add_parser("connectivity", help="Fig. 6: dev score along lines between pretrained, finetuned, masked",
-                       description=__doc__)
+                       description=__doc__, formatter_class=RAW)
     add_common_args(p, NAME, tasks="sst2")
     p.add_argument("--points", type=int, default=11, help="points on each line, γ from 0 to 1 (default 11)")
     p.set_defaults(func=main)

@@ -4,14 +4,16 @@ For k = 0 … L (L = number of blocks), masks are trained on only k blocks, eith
 *bottom-up* (blocks 0 … k−1) or *top-down* (blocks L−k … L−1); the pooler (W_P) and the
 classifier (W_T) are always masked, and unmasked blocks keep their pretrained weights.
 k = 0 masks only the pooler and classifier, k = L masks every block: both directions
-share these two runs (one run directory per distinct block set).
+share these two runs (one run directory per distinct block set). The top-down set that
+equals the paper preset (blocks 2 … L−1, i.e. k = L−2) is the default mask run, shared
+with the other analyses when they use the same ``--runs`` folder.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..masking import MaskConfig
-from .common import (Settings, add_common_args, csv_list, get_task, int_list, mean_std, num_blocks, out_dir,
+from .common import (RAW, Settings, add_common_args, csv_list, get_task, int_list, mean_std, num_blocks, out_dir,
                      pyplot, scale_note, settings_from_args, train_run, write_csv, write_json)
 
 NAME = "layers"
@@ -29,8 +31,11 @@ def blocks_for(direction: str, k: int, n_blocks: int) -> list[int]:
     raise ValueError(f"direction must be bottom-up or top-down, got {direction!r}")
 
 
-def _blocks_name(blocks: list[int]) -> str:
-    return "blocks-none" if not blocks else f"blocks-{blocks[0]}-{blocks[-1]}"
+def mask_config_for(blocks: list[int], n_blocks: int, seed: int) -> MaskConfig:
+    """The run's config; the paper preset's block set is written as the preset (``blocks=None``)
+    so that this run is the very run other analyses train with the default config."""
+    preset = MaskConfig(seed=seed)
+    return preset if blocks == preset.block_indices(n_blocks) else MaskConfig(blocks=blocks, seed=seed)
 
 
 def run(tasks=("mrpc",), ks=None, seeds=(0,), settings: Settings | None = None,
@@ -52,7 +57,7 @@ def run(tasks=("mrpc",), ks=None, seeds=(0,), settings: Settings | None = None,
                 blocks = blocks_for(direction, k, n)
                 scores = []
                 for seed in seeds:
-                    cfg = MaskConfig(blocks=blocks, seed=seed)
+                    cfg = mask_config_for(blocks, n, seed)
                     r = train_run(task, "mask", out, settings, seed=seed, mask_config=cfg)
                     scores.append(r.score)
                     runs.append({"task": task_name, "metric": r.metrics["metric"], "direction": direction, "k": k,
@@ -94,7 +99,7 @@ def _plot(summary, tasks, settings, n, path):
 
 def add_parser(sub) -> None:
     p = sub.add_parser("layers", help="Fig. 2 / Table 7: masking k blocks bottom-up vs top-down",
-                       description=__doc__)
+                       description=__doc__, formatter_class=RAW)
     add_common_args(p, NAME, tasks="mrpc")
     p.add_argument("--ks", help="comma-separated k values (default: 0 … number of blocks)")
     p.set_defaults(func=main)

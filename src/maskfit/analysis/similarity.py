@@ -46,7 +46,7 @@ import torch
 
 from ..masking import initial_scores
 from ..maskfile import read_maskfile
-from .common import (Settings, add_common_args, csv_list, get_task, int_list, out_dir, pyplot, scale_note,
+from .common import (RAW, Settings, add_common_args, csv_list, get_task, int_list, out_dir, pyplot, scale_note,
                      settings_from_args, train_run, write_csv, write_json)
 
 NAME = "similarity"
@@ -219,15 +219,9 @@ def _plot(group_rows, tasks, settings, path):
 
 def add_parser(sub) -> None:
     p = sub.add_parser("similarity", help="Fig. 5: dissimilarity of masks of different tasks (same initial mask)",
-                       description=__doc__, formatter_class=_raw())
+                       description=__doc__, formatter_class=RAW)
     add_common_args(p, NAME, tasks="sst2,mrpc,cola,rte")
     p.set_defaults(func=main)
-
-
-def _raw():
-    import argparse
-
-    return argparse.RawDescriptionHelpFormatter
 
 
 def main(a) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..masking import MaskConfig
-from .common import (Settings, add_common_args, csv_list, float_list, get_task, int_list, mean_std, out_dir,
+from .common import (RAW, Settings, add_common_args, csv_list, float_list, get_task, int_list, mean_std, out_dir,
                      pyplot, scale_note, settings_from_args, train_run, write_csv, write_json)
 
 NAME = "sparsity_sweep"
@@ -71,7 +71,7 @@ def _plot(summary, tasks, sparsities, settings, path):
 
 def add_parser(sub) -> None:
     p = sub.add_parser("sparsity-sweep", help="Fig. 1: dev score vs initial mask sparsity",
-                       description=__doc__)
+                       description=__doc__, formatter_class=RAW)
     add_common_args(p, NAME, tasks="sst2", seeds="0,1")
     p.add_argument("--sparsities", default=",".join(f"{s:g}" for s in DEFAULT_SPARSITIES),
                    help="initial sparsities as fractions (default: 0.01,0.03,0.05,0.1,0.2,0.5,0.95)")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..data.encode import encode
 from ..train import predict_features, score_predictions
-from .common import (Settings, add_common_args, get_task, int_list, out_dir, pyplot, scale_note, settings_from_args,
+from .common import (RAW, Settings, add_common_args, get_task, int_list, out_dir, pyplot, scale_note, settings_from_args,
                      tokenizer_for, train_run, write_csv, write_json)
 
 NAME = "transfer"
@@ -119,7 +119,7 @@ def _plot(rows, settings, path):
 
 def add_parser(sub) -> None:
     p = sub.add_parser("transfer", help="Table 3 + IMDB: train on one task, evaluate on another (SST-2 -> IMDB)",
-                       description=__doc__)
+                       description=__doc__, formatter_class=RAW)
     add_common_args(p, NAME, tasks="sst2")
     p.add_argument("--target", default="imdb", help="target task with the same labels (default: imdb)")
     p.add_argument("--target-max-length", type=int, help="max tokens for target inputs (default: --max-length)")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..data.encode import bucket_batches, collate, encode, feature_length, split_batch
-from .common import (Settings, add_common_args, csv_list, eval_examples, get_task, int_list, out_dir, plain_model,
+from .common import (RAW, Settings, add_common_args, csv_list, eval_examples, get_task, int_list, out_dir, plain_model,
                      pyplot, scale_note, settings_from_args, tokenizer_for, train_run, write_csv, write_json)
 
 NAME = "tsne"
@@ -122,7 +122,7 @@ def _plot(points, labels, summary, task, settings, path):
 
 def add_parser(sub) -> None:
     p = sub.add_parser("tsne", help="Fig. 4: t-SNE of [CLS] vectors: pretrained, finetuned, masked",
-                       description=__doc__)
+                       description=__doc__, formatter_class=RAW)
     add_common_args(p, NAME, tasks="sst2")
     p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (default 30)")
     p.set_defaults(func=main)
