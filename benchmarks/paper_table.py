@@ -26,7 +26,7 @@ MPNET_TASKS = ["mrpc", "rte", "cola"]
 # Learning rates fixed a priori from the paper's ranges (mask 1e-3 … 1e-4, finetune
 # 1e-5 … 5e-5): short runs take the top of each range. Nothing is tuned on test data.
 PROFILES = {
-    "quick": {"minilm": {"limit_train": 2000, "epochs": 3}, "mpnet": {"limit_train": 1000, "epochs": 2},
+    "quick": {"minilm": {"limit_train": 2000, "epochs": 3}, "mpnet": {"limit_train": 500, "epochs": 2},
               "lr": {"mask": 1e-3, "finetune": 5e-5}, "patience": 0},
     "full": {"minilm": {"limit_train": None, "epochs": 10}, "mpnet": {"limit_train": None, "epochs": 10},
              "lr": {"mask": 1e-4, "finetune": 2e-5}, "patience": 2},

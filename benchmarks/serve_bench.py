@@ -119,38 +119,44 @@ def throughput(model_name: str, mt: MultiTaskModel, tasks: list[str], n_batches:
     plain = AutoModelForSequenceClassification.from_pretrained(resolve_model(model_name), num_labels=2).eval()
     stream = [tasks[i % len(tasks)] for i in range(len(batches))]  # every batch another task
 
-    def run_plain():
-        t0 = time.perf_counter()
+    def plain_forward(b):
         with torch.no_grad():
-            for b in batches:
-                forward_logits(plain, "sequence", b)
-        return time.perf_counter() - t0
+            forward_logits(plain, "sequence", b)
 
-    def run_multi():
-        t0 = time.perf_counter()
-        for t, b in zip(stream, batches):
-            mt.forward(t, b)
-        return time.perf_counter() - t0
-
-    configs = [("masked", "masked", None), ("merge", "merge", None),
-               ("cache (default budget)", "cache", DEFAULT_CACHE_BUDGET), ("cache (all tasks fit)", "cache", 1 << 40)]
+    configs = [("masked", "masked", None, stream), ("merge", "merge", None, stream),
+               ("cache (default budget)", "cache", DEFAULT_CACHE_BUDGET, stream),
+               ("cache (all tasks fit)", "cache", 1 << 40, stream),
+               ("cache (budget < 1 task: always a miss)", "cache", 1, stream),
+               ("merge, one task (no switches)", "merge", None, [tasks[0]] * len(batches))]
     results = {"n_inputs": n_inputs, "batch_size": batch_size, "tokens": tokens, "tasks_in_stream": len(tasks),
                "reps": reps, "strategies": {}}
-    run_plain()  # warm-up
-    for label, strategy, budget in configs:
+    for b in batches[:2]:
+        plain_forward(b)  # warm-up
+    for label, strategy, budget, order in configs:
         mt.set_strategy(strategy, budget)
-        run_multi()  # warm-up (fills the cache where it fits)
+        for t, b in zip(order, batches):  # warm-up (fills the cache where it fits)
+            mt.forward(t, b)
         plain_t, multi_t = [], []
-        for _ in range(reps):  # alternate, so both see the same machine load
-            plain_t.append(run_plain())
-            multi_t.append(run_multi())
+        for _ in range(reps):
+            p = m = 0.0
+            for t, b in zip(order, batches):  # interleave per batch: both see the same machine load
+                t0 = time.perf_counter()
+                plain_forward(b)
+                t1 = time.perf_counter()
+                mt.forward(t, b)
+                t2 = time.perf_counter()
+                p, m = p + (t1 - t0), m + (t2 - t1)
+            plain_t.append(p)
+            multi_t.append(m)
+        ratios = [a / b for a, b in zip(plain_t, multi_t)]
         p, m = statistics.median(plain_t), statistics.median(multi_t)
         results["strategies"][label] = {
-            "plain_inputs_per_s": n_inputs / p, "multi_inputs_per_s": n_inputs / m, "ratio": p / m,
-            "plain_s": plain_t, "multi_s": multi_t, "cache": dict(mt.stats),
+            "plain_inputs_per_s": n_inputs / p, "multi_inputs_per_s": n_inputs / m,
+            "ratio": statistics.median(ratios), "ratios": ratios, "plain_s": plain_t, "multi_s": multi_t,
+            "cache": dict(mt.stats),
         }
-        print(f"  throughput {label:24s}: plain {n_inputs / p:7.1f}/s  multi-task {n_inputs / m:7.1f}/s  "
-              f"ratio {p / m:.3f}")
+        print(f"  throughput {label:40s}: plain {n_inputs / p:7.1f}/s  multi-task {n_inputs / m:7.1f}/s  "
+              f"ratio {statistics.median(ratios):.3f}  {[round(r, 3) for r in ratios]}")
     return results
 
 
@@ -189,7 +195,8 @@ def to_markdown(res: dict) -> str:
         lines.append(f"| {k} | {v['median_ms']:.2f} | {v['p90_ms']:.2f} |")
     t = res["throughput"]
     lines += ["", f"## Throughput, mixed-task stream ({t['n_inputs']} SST-2 dev inputs, batches of "
-                  f"{t['batch_size']}, every batch another of {t['tasks_in_stream']} tasks; median of {t['reps']})", "",
+                  f"{t['batch_size']}, every batch another of {t['tasks_in_stream']} tasks unless noted; plain and "
+                  f"multi-task forwards interleaved batch by batch; ratio = median over {t['reps']} passes)", "",
               "| strategy | plain model inputs/s | multi-task inputs/s | ratio |", "|---|---:|---:|---:|"]
     for k, v in t["strategies"].items():
         lines.append(f"| {k} | {v['plain_inputs_per_s']:.1f} | {v['multi_inputs_per_s']:.1f} | {v['ratio']:.3f} |")
@@ -215,10 +222,16 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3, help="alternating repetitions for the throughput ratio")
     ap.add_argument("--memory-tasks", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (default 1: on a shared 2-core machine a 2-thread OpenMP region "
+                         "stalls whenever another process holds a core, e.g. 1.4 s instead of 50 ms per MiniLM "
+                         "batch; 0 keeps torch's default)")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
 
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     res = {"model": args.model, "when": time.strftime("%Y-%m-%d %H:%M"), "platform": platform.platform(),
            "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -62,6 +62,16 @@ def test_dissimilarity_by_hand():
     assert similarity.layer_group("classifier") == "classifier"
 
 
+def test_initial_mask_is_the_shared_start(settings):
+    from maskfit.masking import MaskConfig, binary_masks, mask_model
+
+    task = common.get_task("sst2", settings)
+    cfg = MaskConfig(seed=3)
+    model = mask_model(common.plain_model(task, settings, seed=3), cfg)
+    for name, m in binary_masks(model).items():
+        assert torch.equal(similarity.initial_mask(cfg, name, m.shape), m), name
+
+
 def test_interpolation_endpoints_reproduce_logits(settings, sst2_batch):
     from maskfit.masking import MaskConfig, mask_model
     from maskfit.train import task_logits
@@ -140,6 +150,7 @@ def test_sparsity_sweep_and_reuse(settings, tmp_path):
     data = _outputs(tmp_path, "sparsity_sweep")
     assert len(res["runs"]) == 4 and len(res["summary"]) == 2
     assert data["summary"][0]["n"] == 2
+    assert 0.0 <= data["majority_baseline"]["sst2"] <= 1.0
     assert all(0.0 <= r["dev_score"] <= 1.0 for r in res["runs"])
     hi = [r for r in res["runs"] if r["init_sparsity"] == 0.5]
     assert all(r["final_sparsity"] > 0.3 for r in hi)  # 50% start is visible in the result

@@ -117,7 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a task to serve: name=run directory or mask file (repeatable)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--strategy", default=None, help="how a task gets its weights (see docs/serving.md)")
+    p.add_argument("--strategy", choices=("cache", "merge", "masked"), default="cache",
+                   help="how a request's task gets its weights (see docs/serving.md; default cache)")
+    p.add_argument("--cache-budget-mb", type=float, help="memory for cached merged weights (default 1024)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--max-inputs", type=int, default=64, help="most inputs in one request (more: 413)")
+    p.add_argument("--max-length", type=int, default=512, help="longest input in tokens (longer: 413)")
     p.set_defaults(func=cmd_serve)
 
     # ensemble
@@ -290,8 +295,9 @@ def cmd_serve(a) -> int:
         if not sep or not name or not path:
             raise DataError(f"--task takes NAME=RUN_DIR, got {spec!r}")
         tasks[name] = path
-    kwargs = {"strategy": a.strategy} if a.strategy else {}
-    serve(a.model, tasks, host=a.host, port=a.port, **kwargs)
+    budget = int(a.cache_budget_mb * 2**20) if a.cache_budget_mb is not None else None
+    serve(a.model, tasks, host=a.host, port=a.port, strategy=a.strategy, cache_budget_bytes=budget,
+          max_inputs=a.max_inputs, max_length=a.max_length, threads=a.threads)
     return 0
 
 

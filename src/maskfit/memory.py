@@ -24,7 +24,6 @@ import copy
 import ctypes
 import gc
 import json
-import math
 import os
 import subprocess
 import sys
@@ -157,6 +156,9 @@ def plot_memory(rows: list[dict], path: str | os.PathLike, title: str | None = N
     if measured:
         ax.plot([r["n_tasks"] for r in measured], [r["measured_bytes"] / MB for r in measured], marker="^",
                 linestyle="--", label="masking, measured (base + RSS growth)")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("number of tasks N")
     ax.set_ylabel("memory (MB)")
     ax.set_title(title or "Memory for N tasks: finetuning vs masking")

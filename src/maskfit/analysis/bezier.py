@@ -29,8 +29,9 @@ from pathlib import Path
 import torch
 
 from ..data.encode import bucket_batches, collate, encode, feature_length, split_batch
-from .common import (RAW, AtPoint, Settings, add_common_args, csv_list, eval_examples, get_task, int_list, lerp, out_dir,
-                     pyplot, scale_note, score_point, settings_from_args, tokenizer_for, write_csv, write_json)
+from .common import (RAW, AtPoint, Settings, add_common_args, csv_list, eval_examples, get_task, int_list, lerp,
+                     majority_score, out_dir, pyplot, scale_note, score_point, settings_from_args, tokenizer_for,
+                     write_csv, write_json)
 from .connectivity import endpoints, gammas
 
 NAME = "bezier"
@@ -126,18 +127,20 @@ def run(task_name: str = "sst2", seed: int = 0, settings: Settings | None = None
               "start": "masked", "end": "finetuned", "bend": {"epochs": bend_epochs, "lr": lr, "steps": len(history),
                                                               "time_s": bend_time, "max_steps": max_steps},
               "settings": settings.describe(), "endpoint_dev_scores": {k: r.score for k, r in runs.items()},
-              "path": rows}
+              "majority_baseline": majority_score(task, settings), "path": rows}
     write_json(out / f"{NAME}.json", result)
-    _plot(rows, history, task, settings, out / f"{NAME}.png")
+    _plot(rows, history, task, settings, out / f"{NAME}.png", result["majority_baseline"])
     return result
 
 
-def _plot(rows, history, task, settings, path):
+def _plot(rows, history, task, settings, path, majority=None):
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     ts = [r["t"] for r in rows]
     axes[0].plot(ts, [r["curve_score"] for r in rows], marker="o", label="trained Bézier curve φ(t)")
     axes[0].plot(ts, [r["line_score"] for r in rows], marker="s", ls="--", label="straight line (1−t)θ0 + tθ2")
+    if majority is not None:
+        axes[0].axhline(majority, ls=":", color="gray", label="majority-class baseline")
     axes[0].set_xlabel("t (0 = masked minimum θ0, 1 = finetuned minimum θ2)")
     axes[0].set_ylabel(f"dev {task.metric}")
     axes[0].set_title("dev score along the curve vs the line", fontsize=10)

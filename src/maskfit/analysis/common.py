@@ -257,6 +257,24 @@ def eval_examples(task, settings: Settings) -> list:
     return split_data(task, settings.train_args("mask"))[1]
 
 
+def majority_score(task, settings: Settings) -> float | None:
+    """The dev score of always predicting the train subset's most frequent label (tag, for
+    tagging tasks): the chance-level reference line of the plots. ``None`` for choice tasks."""
+    from collections import Counter
+
+    from ..metrics import compute_metric
+    from ..train import split_data
+
+    if task.type not in ("sequence", "tagging"):
+        return None
+    train, dev, _, _ = split_data(task, settings.train_args("mask"))
+    if task.type == "tagging":
+        tag = Counter(t for ex in train for t in ex.tags).most_common(1)[0][0]
+        return float(compute_metric(task.metric, [[tag] * len(ex.tags) for ex in dev], [ex.tags for ex in dev]))
+    label = Counter(ex.label for ex in train).most_common(1)[0][0]
+    return float(compute_metric(task.metric, [label] * len(dev), [ex.label for ex in dev]))
+
+
 def tokenizer_for(settings: Settings):
     from ..heads import load_tokenizer
 

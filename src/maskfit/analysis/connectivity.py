@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from ..data.encode import encode
-from .common import (RAW, Settings, add_common_args, csv_list, eval_examples, get_task, int_list, lerp, out_dir,
-                     param_point, plain_model, pyplot, scale_note, score_point, settings_from_args, tokenizer_for,
-                     train_run, write_csv, write_json)
+from .common import (RAW, Settings, add_common_args, csv_list, eval_examples, get_task, int_list, lerp,
+                     majority_score, out_dir, param_point, plain_model, pyplot, scale_note, score_point,
+                     settings_from_args, tokenizer_for, train_run, write_csv, write_json)
 
 NAME = "connectivity"
 PAIRS = (("masked", "finetuned"), ("pretrained", "finetuned"), ("pretrained", "masked"))
@@ -68,13 +68,13 @@ def run(task_name: str = "sst2", seed: int = 0, settings: Settings | None = None
     write_csv(out / f"{NAME}.csv", rows)
     result = {"analysis": NAME, "task": task_name, "metric": task.metric, "seed": seed, "n_dev": len(examples),
               "settings": settings.describe(), "endpoint_dev_scores": {k: r.score for k, r in runs.items()},
-              "path": rows}
+              "majority_baseline": majority_score(task, settings), "path": rows}
     write_json(out / f"{NAME}.json", result)
-    _plot(rows, pairs, task, settings, out / f"{NAME}.png")
+    _plot(rows, pairs, task, settings, out / f"{NAME}.png", result["majority_baseline"])
     return result
 
 
-def _plot(rows, pairs, task, settings, path):
+def _plot(rows, pairs, task, settings, path, majority=None):
     plt = pyplot()
     has_loss = any("loss" in r for r in rows)
     fig, axes = plt.subplots(1, 2 if has_loss else 1, figsize=(12 if has_loss else 6.5, 4.5), squeeze=False)
@@ -84,6 +84,8 @@ def _plot(rows, pairs, task, settings, path):
         axes[0][0].plot([r["gamma"] for r in rs], [r["score"] for r in rs], marker="o", label=lab)
         if has_loss:
             axes[0][1].plot([r["gamma"] for r in rs], [r["loss"] for r in rs], marker="o", label=lab)
+    if majority is not None:
+        axes[0][0].axhline(majority, ls=":", color="gray", label="majority-class baseline")
     axes[0][0].set_ylabel(f"dev {task.metric}")
     axes[0][0].set_title("dev score along W(γ) = W_A + γ(W_B − W_A)", fontsize=10)
     if has_loss:

@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..masking import MaskConfig
-from .common import (RAW, Settings, add_common_args, csv_list, get_task, int_list, mean_std, num_blocks, out_dir,
-                     pyplot, scale_note, settings_from_args, train_run, write_csv, write_json)
+from .common import (RAW, Settings, add_common_args, csv_list, get_task, int_list, majority_score, mean_std,
+                     num_blocks, out_dir, pyplot, scale_note, settings_from_args, train_run, write_csv, write_json)
 
 NAME = "layers"
 DIRECTIONS = ("bottom-up", "top-down")
@@ -49,9 +49,10 @@ def run(tasks=("mrpc",), ks=None, seeds=(0,), settings: Settings | None = None,
     out = out_dir(out)
     n = num_blocks(settings)
     ks = list(range(n + 1)) if ks is None else [int(k) for k in ks]
-    runs, summary = [], []
+    runs, summary, majority = [], [], {}
     for task_name in tasks:
         task = get_task(task_name, settings)
+        majority[task_name] = majority_score(task, settings)
         for direction in DIRECTIONS:
             for k in ks:
                 blocks = blocks_for(direction, k, n)
@@ -68,15 +69,15 @@ def run(tasks=("mrpc",), ks=None, seeds=(0,), settings: Settings | None = None,
                                 "blocks": " ".join(map(str, blocks)) or "none", "mean": m, "std": s, "n": len(scores)})
     write_csv(out / f"{NAME}.csv", summary)
     result = {"analysis": NAME, "settings": settings.describe(), "n_blocks": n, "seeds": list(seeds),
-              "runs": runs, "summary": summary}
+              "runs": runs, "summary": summary, "majority_baseline": majority}
     write_json(out / f"{NAME}.json", result)
-    _plot(summary, tasks, settings, n, out / f"{NAME}.png")
+    _plot(summary, tasks, settings, n, out / f"{NAME}.png", majority)
     return result
 
 
-def _plot(summary, tasks, settings, n, path):
+def _plot(summary, tasks, settings, n, path, majority=None):
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.3), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(7.5, 5.5 * len(tasks)), 4.8), squeeze=False)
     for ax, task_name in zip(axes[0], tasks):
         metric = ""
         for direction, marker in zip(DIRECTIONS, ("o", "s")):
@@ -84,14 +85,16 @@ def _plot(summary, tasks, settings, n, path):
             metric = rows[0]["metric"] if rows else metric
             ax.errorbar([r["k"] for r in rows], [r["mean"] for r in rows], yerr=[r["std"] for r in rows],
                         marker=marker, capsize=3, label=f"{direction} (blocks {'0…k−1' if direction == 'bottom-up' else 'L−k…L−1'})")
+        if majority and majority.get(task_name) is not None:
+            ax.axhline(majority[task_name], ls=":", color="gray", label="majority-class baseline")
         ax.set_xlabel(f"number of masked transformer blocks k (of L = {n})")
         ax.set_ylabel(f"best dev {metric}")
         ax.set_title(task_name)
         ax.set_xticks(sorted({r["k"] for r in summary}))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Masking k blocks bottom-up vs top-down; pooler and classifier always masked (Fig. 2)\n"
-                 f"{scale_note(settings)}", fontsize=10)
+    fig.suptitle(f"Masking only k transformer blocks, bottom-up vs top-down (Fig. 2)\n"
+                 f"pooler (if the head has one) and classifier always masked; {scale_note(settings)}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -101,10 +101,9 @@ def _group_order(groups) -> list[str]:
     return blocks + [g for g in ("pooler", "classifier") if g in groups]
 
 
-def initial_masks(mf) -> dict[str, torch.Tensor]:
-    """The masks the run started from (its config's seed), layer by layer."""
-    cfg = mf.config
-    return {n: initial_scores(m.shape, cfg, n) >= cfg.threshold for n, m in mf.masks.items()}
+def initial_mask(cfg, name: str, shape) -> torch.Tensor:
+    """The mask layer ``name`` of this shape started from under ``cfg`` (its seed)."""
+    return initial_scores(torch.Size(shape), cfg, name) >= cfg.threshold
 
 
 def compare(mask_files: dict[str, str | Path]) -> tuple[list[dict], list[dict]]:
@@ -115,7 +114,8 @@ def compare(mask_files: dict[str, str | Path]) -> tuple[list[dict], list[dict]]:
     for t, c in cfgs.items():
         if c != first:
             raise ValueError(f"{t}'s mask was not trained from the same initial mask (config {c} vs {first})")
-    init = initial_masks(next(iter(files.values())))
+    cfg = next(iter(files.values())).config
+    init: dict[tuple, torch.Tensor] = {}
     layer_rows, group_rows = [], []
     for t1, t2 in itertools.combinations(files, 2):
         a, b = files[t1], files[t2]
@@ -125,7 +125,10 @@ def compare(mask_files: dict[str, str | Path]) -> tuple[list[dict], list[dict]]:
             m2 = b.masks.get(name)
             if m2 is None or m2.shape != m1.shape:
                 continue  # e.g. classifiers of tasks with different label counts
-            c = mask_counts(m1, m2, init[name] if init[name].shape == m1.shape else None)
+            key = (name, tuple(m1.shape))
+            if key not in init:
+                init[key] = initial_mask(cfg, name, m1.shape)
+            c = mask_counts(m1, m2, init[key])
             g = layer_group(name)
             layer_rows.append({"task_1": t1, "task_2": t2, "layer": name, "group": g, **c, **scores_from_counts(c)})
             for acc in (groups.setdefault(g, {}), total):
@@ -181,7 +184,7 @@ def _heat(ax, m, xlabels, ylabels, title, cmap, fmt="{:.3f}"):
         for j in range(m.shape[1]):
             if np.isfinite(m[i, j]):
                 ax.text(j, i, fmt.format(m[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if m[i, j] > mid else "black")
+                        color="black" if m[i, j] > mid else "white")
     return im
 
 

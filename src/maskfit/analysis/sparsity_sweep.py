@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..masking import MaskConfig
-from .common import (RAW, Settings, add_common_args, csv_list, float_list, get_task, int_list, mean_std, out_dir,
-                     pyplot, scale_note, settings_from_args, train_run, write_csv, write_json)
+from .common import (RAW, Settings, add_common_args, csv_list, float_list, get_task, int_list, majority_score,
+                     mean_std, out_dir, pyplot, scale_note, settings_from_args, train_run, write_csv, write_json)
 
 NAME = "sparsity_sweep"
 DEFAULT_SPARSITIES = (0.01, 0.03, 0.05, 0.10, 0.20, 0.50, 0.95)
@@ -25,9 +25,10 @@ def run(tasks=("sst2",), sparsities=DEFAULT_SPARSITIES, seeds=(0,), settings: Se
     """
     settings = settings or Settings()
     out = out_dir(out)
-    runs, summary = [], []
+    runs, summary, majority = [], [], {}
     for task_name in tasks:
         task = get_task(task_name, settings)
+        majority[task_name] = majority_score(task, settings)
         for p in sparsities:
             scores = []
             for seed in seeds:
@@ -43,21 +44,24 @@ def run(tasks=("sst2",), sparsities=DEFAULT_SPARSITIES, seeds=(0,), settings: Se
                             "n": len(scores)})
     write_csv(out / f"{NAME}.csv", runs)
     result = {"analysis": NAME, "settings": settings.describe(), "seeds": list(seeds), "runs": runs,
-              "summary": summary}
+              "summary": summary, "majority_baseline": majority}
     write_json(out / f"{NAME}.json", result)
-    _plot(summary, tasks, sparsities, settings, out / f"{NAME}.png")
+    _plot(summary, tasks, sparsities, settings, out / f"{NAME}.png", majority)
     return result
 
 
-def _plot(summary, tasks, sparsities, settings, path):
+def _plot(summary, tasks, sparsities, settings, path, majority=None):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     xs = list(range(len(sparsities)))
     for task_name in tasks:
         rows = [r for r in summary if r["task"] == task_name]
         metric = rows[0]["metric"] if rows else ""
-        ax.errorbar(xs, [r["mean"] for r in rows], yerr=[r["std"] for r in rows], marker="o", capsize=4,
-                    label=f"{task_name} ({metric})")
+        line = ax.errorbar(xs, [r["mean"] for r in rows], yerr=[r["std"] for r in rows], marker="o", capsize=4,
+                           label=f"{task_name} ({metric})")
+        if majority and majority.get(task_name) is not None:
+            ax.axhline(majority[task_name], ls=":", color=line[0].get_color(),
+                       label=f"{task_name} majority-class baseline")
     ax.set_xticks(xs, [f"{100 * p:g}%" for p in sparsities])
     ax.set_xlabel("initial mask sparsity (fraction of weights zeroed at start)")
     ax.set_ylabel("best dev score (mean ± std over seeds)")

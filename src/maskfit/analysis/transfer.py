@@ -101,8 +101,8 @@ def _plot(rows, settings, path):
                           (w / 2, "target_score", f"target ({rows[0]['target']}, no training on it)")):
         ms = [agg(m, key) for m in METHODS]
         bars = ax.bar(x + off, [m for m, _ in ms], w, yerr=[s for _, s in ms], capsize=4, label=lab)
-        for b, (m, _) in zip(bars, ms):
-            ax.text(b.get_x() + b.get_width() / 2, m + 0.01, f"{m:.3f}", ha="center", va="bottom", fontsize=8)
+        for b, (m, sd) in zip(bars, ms):
+            ax.text(b.get_x() + b.get_width() / 2, m + sd + 0.01, f"{m:.3f}", ha="center", va="bottom", fontsize=8)
     maj = float(np.mean([r["majority_score"] for r in rows]))
     ax.axhline(maj, color="k", ls="--", lw=1, label=f"target majority-vote baseline ({maj:.3f})")
     ax.set_xticks(x, ["masking", "finetuning"])

@@ -112,16 +112,21 @@ def create_app(multitask_model: MultiTaskModel, max_inputs: int = 64, max_length
 
 def serve(model_name: str, tasks: dict, host: str = "127.0.0.1", port: int = 8000, strategy: str = "cache",
           cache_budget_bytes: int | None = None, max_inputs: int = 64, max_length: int = 512,
-          log_level: str = "info") -> None:
+          threads: int | None = None, log_level: str = "info") -> None:
     """Load ``model_name`` once, register ``tasks`` (name → mask file or run dir), serve HTTP.
 
     Blocks until the server stops (Ctrl-C). Errors in the task files raise
-    :class:`maskfit.MaskfileError` before the server starts.
+    :class:`maskfit.MaskfileError` before the server starts. ``threads`` sets torch's
+    intra-op threads (default: torch's choice); use the number of cores the server
+    really owns, since an OpenMP region stalls when one of its threads is descheduled.
     """
+    import torch
     import uvicorn
 
     if not tasks:
         raise MaskfitError("no tasks to serve: give at least one NAME=PATH")
+    if threads:
+        torch.set_num_threads(int(threads))
     mt = MultiTaskModel(model_name, strategy=strategy, cache_budget_bytes=cache_budget_bytes)
     for name, path in tasks.items():
         mt.register(name, path)

@@ -114,13 +114,26 @@ class TaskLinear(nn.Module):
         if self.mask is not None:
             s = self.scratch
             if s is not None and s.shape == self.weight.shape and s.dtype == self.weight.dtype:
-                return F.linear(x, torch.mul(self.weight, self.mask, out=s), self.bias)
+                return F.linear(x, masked_into(self.weight, self.mask, s), self.bias)
             return F.linear(x, self.weight * self.mask, self.bias)
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         state = "merged" if self.merged is not None else "masked" if self.mask is not None else "plain"
         return f"in_features={self.in_features}, out_features={self.out_features}, state={state}"
+
+
+def masked_into(weight: torch.Tensor, mask: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out ← weight ⊙ mask``, bitwise what ``weight * mask`` gives (IEEE: w·1 = w, w·0 = ±0).
+
+    On CPU this runs numpy's single-threaded multiply instead of a torch parallel region:
+    on a busy machine a 2-thread OpenMP elementwise op waits for descheduled threads
+    (measured: 540 ms vs 15 ms for MiniLM's 7.2M masked weights on 2 shared cores).
+    """
+    if weight.device.type == "cpu" and out.is_contiguous():
+        np.multiply(weight.detach().numpy(), mask.numpy(), out=out.numpy())
+        return out
+    return torch.mul(weight, mask, out=out)
 
 
 def unpack_mask(packed: torch.Tensor, shape) -> torch.Tensor:
@@ -296,7 +309,7 @@ class MultiTaskModel:
         self.cache_budget_bytes = DEFAULT_CACHE_BUDGET if cache_budget_bytes is None else int(cache_budget_bytes)
         self.batch_size = int(batch_size)
         self._config = config
-        first = build_model(base_model_name, "sequence", ["0", "1"], config=config).eval()
+        first = build_model(base_model_name, "sequence", ["0", "1"], config=config).eval().requires_grad_(False)
         self._models: dict[str, nn.Module] = {"sequence": first}
         self._shared = first.base_model
         self.fingerprint = fingerprint(first)
@@ -333,7 +346,8 @@ class MultiTaskModel:
         model = self._models.get(task_type)
         if model is not None:
             return model
-        model = build_model(self.base_model_name, task_type, list(labels or ["0"]), config=self._config).eval()
+        model = build_model(self.base_model_name, task_type, list(labels or ["0"]), config=self._config)
+        model.eval().requires_grad_(False)
         base = model.base_model
         for name, child in list(base.named_children()):
             shared = getattr(self._shared, name, None)
@@ -560,7 +574,7 @@ class MultiTaskModel:
                 buf = self._buffers.get(id(m))
                 if buf is None or buf.shape != m.weight.shape:  # a classifier's shape follows its task
                     buf = self._buffers[id(m)] = torch.empty_like(m.weight, memory_format=torch.contiguous_format)
-                torch.mul(m.weight, task.mask(layer), out=buf)
+                masked_into(m.weight, task.mask(layer), buf)
                 m.mask, m.merged = None, buf
         else:
             merged = self._cache.get(task.name)
@@ -593,7 +607,7 @@ class MultiTaskModel:
             m = layer.module
             pool = free.get((tuple(m.weight.shape), m.weight.dtype))
             buf = pool.pop() if pool else torch.empty_like(m.weight, memory_format=torch.contiguous_format)
-            torch.mul(m.weight, task.mask(layer), out=buf)
+            masked_into(m.weight, task.mask(layer), buf)
             merged[id(m)] = buf
         self._cache[task.name] = merged
         return merged
