@@ -2,6 +2,7 @@
 arithmetic they rest on (dissimilarity, interpolation endpoints, Bézier endpoints)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from maskfit.analysis import bezier, common, connectivity, layers, similarity, sparsity_sweep, transfer, tsne
+from maskfit.errors import RunError
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -52,6 +54,8 @@ def test_dissimilarity_by_hand():
     s = similarity.scores_from_counts(c)
     assert s["hamming"] == pytest.approx(0.4)
     assert s["flip_dissimilarity"] == 1.0  # disjoint flips
+    # independent flips at rates 0.2 and 0.2: 1 - 0.04 / 0.36
+    assert s["flip_dissimilarity_if_independent"] == pytest.approx(1 - 0.04 / 0.36)
     assert similarity.dissimilarity(torch.tensor([True, False]), torch.tensor([False, True])) == 1.0
     # one shared flip out of three flipped weights
     m3 = m0.clone()
@@ -160,8 +164,8 @@ def test_sparsity_sweep_and_reuse(settings, tmp_path):
     assert again["runs"][0]["dev_score"] == res["runs"][0]["dev_score"]
     assert (tmp_path / "runs/sst2/mask/seed-0/metrics.json").stat().st_mtime_ns == mtime
     assert (tmp_path / "runs/sst2/mask-sparsity-0.5/seed-1/task.masks").is_file()
-    other = common.replace(settings, lr=5e-3)
-    with pytest.raises(common.RunError, match="other settings"):
+    other = dataclasses.replace(settings, lr=5e-3)
+    with pytest.raises(RunError, match="other settings"):
         sparsity_sweep.run(["sst2"], [0.05], [0], other, tmp_path)
 
 

@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--blocks", help="blocks to mask: '2-11', '0,3,5-7', 'all' (default: all but the two lowest)")
     m.add_argument("--modules", default="q,k,v,ao,i,o", help="linears to mask in each block (default: all six)")
     m.add_argument("--no-mask-pooler", action="store_true", help="leave the pooler unmasked (frozen)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice; on a shared "
+                   "machine 1 thread per process avoids OpenMP stalls)")
     p.add_argument("--overwrite", action="store_true", help="discard an existing run in --out and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -164,8 +166,12 @@ def _mask_config(a):
 
 
 def cmd_train(a) -> int:
+    import torch
+
     from .train import TrainArgs, fit
 
+    if a.threads:
+        torch.set_num_threads(a.threads)
     info = _task_info(a)
     task = _get_task(info)
     args = TrainArgs(method=a.method, lr=a.lr, epochs=a.epochs, patience=a.patience, batch_size=a.batch_size,

@@ -97,7 +97,7 @@ def train_bend(base, task, theta0: dict, theta2: dict, settings: Settings, epoch
     return theta1, history
 
 
-def run(task_name: str = "sst2", seed: int = 0, settings: Settings | None = None,
+def run(task_name: str = "pos", seed: int = 0, settings: Settings | None = None,
         out: str | Path = f"analysis/{NAME}", bend_epochs: int = 1, bend_lr: float | None = None,
         n_points: int = 11, max_steps: int | None = None) -> dict:
     """Train (or reuse) the two minima, train the bend, evaluate; write ``bezier.png/.csv/.json``."""
@@ -165,7 +165,7 @@ def _plot(rows, history, task, settings, path, majority=None):
 def add_parser(sub) -> None:
     p = sub.add_parser("bezier", help="App. B / Fig. 7: Bézier curve between the masked and finetuned minima",
                        description=__doc__, formatter_class=RAW)
-    add_common_args(p, NAME, tasks="sst2")
+    add_common_args(p, NAME, tasks="pos")
     p.add_argument("--bend-epochs", type=int, default=1, help="epochs over the train subset for the bend (default 1)")
     p.add_argument("--bend-lr", type=float, help="Adam lr of the bend (default: --finetune-lr)")
     p.add_argument("--bend-steps", type=int, help="stop training the bend after N steps")

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import MaskfitError, RunError
+from ..errors import RunError
 from ..masking import MaskConfig, masked_layers, merged
 
 log = logging.getLogger("maskfit.analysis")
@@ -432,7 +432,3 @@ def scale_note(settings: Settings) -> str:
 def mean_std(values: list[float]) -> tuple[float, float]:
     arr = np.asarray(values, dtype=float)
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-
-
-__all__ = ["AtPoint", "MaskfitError", "Settings", "TrainedRun", "add_common_args", "eval_examples", "lerp",
-           "param_point", "plain_model", "score_point", "settings_from_args", "train_run", "replace"]

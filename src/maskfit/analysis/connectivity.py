@@ -49,7 +49,7 @@ def endpoints(task, seed: int, settings: Settings, out: Path) -> tuple[dict, dic
     return points, {"finetuned": ft, "masked": mk}, base
 
 
-def run(task_name: str = "sst2", seed: int = 0, settings: Settings | None = None,
+def run(task_name: str = "pos", seed: int = 0, settings: Settings | None = None,
         out: str | Path = f"analysis/{NAME}", n_points: int = 11, pairs=PAIRS) -> dict:
     """Train (or reuse) the endpoints, walk each line, write ``connectivity.png/.csv/.json``."""
     settings = settings or Settings()
@@ -106,7 +106,7 @@ def _plot(rows, pairs, task, settings, path, majority=None):
 def add_parser(sub) -> None:
     p = sub.add_parser("connectivity", help="Fig. 6: dev score along lines between pretrained, finetuned, masked",
                        description=__doc__, formatter_class=RAW)
-    add_common_args(p, NAME, tasks="sst2")
+    add_common_args(p, NAME, tasks="pos")
     p.add_argument("--points", type=int, default=11, help="points on each line, γ from 0 to 1 (default 11)")
     p.set_defaults(func=main)
 

@@ -38,7 +38,7 @@ def mask_config_for(blocks: list[int], n_blocks: int, seed: int) -> MaskConfig:
     return preset if blocks == preset.block_indices(n_blocks) else MaskConfig(blocks=blocks, seed=seed)
 
 
-def run(tasks=("mrpc",), ks=None, seeds=(0,), settings: Settings | None = None,
+def run(tasks=("pos",), ks=None, seeds=(0,), settings: Settings | None = None,
         out: str | Path = f"analysis/{NAME}") -> dict:
     """Train every (task, direction, k, seed); write ``layers.png/.csv/.json``.
 
@@ -94,7 +94,7 @@ def _plot(summary, tasks, settings, n, path, majority=None):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"Masking only k transformer blocks, bottom-up vs top-down (Fig. 2)\n"
-                 f"pooler (if the head has one) and classifier always masked; {scale_note(settings)}", fontsize=10)
+                 f"pooler (if the head has one) and classifier always masked\n{scale_note(settings)}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -103,7 +103,7 @@ def _plot(summary, tasks, settings, n, path, majority=None):
 def add_parser(sub) -> None:
     p = sub.add_parser("layers", help="Fig. 2 / Table 7: masking k blocks bottom-up vs top-down",
                        description=__doc__, formatter_class=RAW)
-    add_common_args(p, NAME, tasks="mrpc")
+    add_common_args(p, NAME, tasks="pos")
     p.add_argument("--ks", help="comma-separated k values (default: 0 … number of blocks)")
     p.set_defaults(func=main)
 

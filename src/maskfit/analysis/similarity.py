@@ -18,6 +18,11 @@ training flips only a few percent, s is small and close to the Hamming distance.
 
 ``hamming``: the normalised Hamming distance, mean 1[M1 ≠ M2].
 
+``flip_dissimilarity_if_independent``: the reference for s_flip, what it would be in
+expectation if the two tasks had flipped the same *numbers* of weights but chosen them
+independently at random (flip rates p1, p2): ``1 − p1·p2 / (p1 + p2 − p1·p2)``. s_flip
+below it means the tasks flip overlapping weights more often than chance.
+
 ``flip_dissimilarity`` (plotted in the middle): the same Jaccard distance applied to the
 sets of weights each task *changed* relative to the shared initial mask,
 F_i = {M_i ≠ M0}::
@@ -73,6 +78,9 @@ def scores_from_counts(c: dict[str, int]) -> dict[str, float]:
            "hamming": c["differ"] / c["n"] if c["n"] else 0.0}
     if "flipped_either" in c:
         out["flip_dissimilarity"] = 1.0 - c["flipped_both"] / c["flipped_either"] if c["flipped_either"] else 0.0
+        p1, p2 = c["flipped_1"] / c["n"], c["flipped_2"] / c["n"]
+        union = p1 + p2 - p1 * p2
+        out["flip_dissimilarity_if_independent"] = 1.0 - p1 * p2 / union if union else 0.0
     return out
 
 
@@ -140,7 +148,7 @@ def compare(mask_files: dict[str, str | Path]) -> tuple[list[dict], list[dict]]:
     return layer_rows, group_rows
 
 
-def run(tasks=("sst2", "mrpc", "cola", "rte"), seed: int = 0, settings: Settings | None = None,
+def run(tasks=("pos", "ner", "sst2", "mrpc"), seed: int = 0, settings: Settings | None = None,
         out: str | Path = f"analysis/{NAME}") -> dict:
     """Train (or reuse) one mask run per task from ``seed``; compare; write ``similarity.*``."""
     if len(tasks) < 2:
@@ -185,6 +193,8 @@ def _heat(ax, m, xlabels, ylabels, title, cmap, fmt="{:.3f}"):
             if np.isfinite(m[i, j]):
                 ax.text(j, i, fmt.format(m[i, j]), ha="center", va="center", fontsize=7,
                         color="black" if m[i, j] > mid else "white")
+            else:
+                ax.text(j, i, "n/a", ha="center", va="center", fontsize=7, color="gray")
     return im
 
 
@@ -199,8 +209,8 @@ def _plot(group_rows, tasks, settings, path):
                "dissimilarity 1 − |M1∧M2| / |M1∨M2|\n(Jaccard distance of kept weights)", "viridis")
     fig.colorbar(im, ax=axes[0], fraction=0.046)
     im = _heat(axes[1], _matrix(group_rows, pairs, groups, "flip_dissimilarity"), groups, ylabels,
-               "flip dissimilarity 1 − |F1∩F2| / |F1∪F2|\n(F = weights changed from the shared initial mask)",
-               "magma", "{:.2f}")
+               "flip dissimilarity 1 − |F1∩F2| / |F1∪F2| (F = weights changed\nfrom the shared initial mask; n/a: "
+               "layer not in both models)", "magma", "{:.2f}")
     fig.colorbar(im, ax=axes[1], fraction=0.046)
     n = len(tasks)
     tt = np.zeros((n, n))
@@ -223,7 +233,7 @@ def _plot(group_rows, tasks, settings, path):
 def add_parser(sub) -> None:
     p = sub.add_parser("similarity", help="Fig. 5: dissimilarity of masks of different tasks (same initial mask)",
                        description=__doc__, formatter_class=RAW)
-    add_common_args(p, NAME, tasks="sst2,mrpc,cola,rte")
+    add_common_args(p, NAME, tasks="pos,ner,sst2,mrpc")
     p.set_defaults(func=main)
 
 
@@ -232,6 +242,7 @@ def main(a) -> int:
     for r in res["groups"]:
         if r["group"] == "all":
             print(f"{r['task_1']} vs {r['task_2']}: dissimilarity {r['dissimilarity']:.4f}, hamming "
-                  f"{r['hamming']:.4f}, flip dissimilarity {r.get('flip_dissimilarity', float('nan')):.3f}")
+                  f"{r['hamming']:.4f}, flip dissimilarity {r.get('flip_dissimilarity', float('nan')):.3f} "
+                  f"(independent flips: {r.get('flip_dissimilarity_if_independent', float('nan')):.3f})")
     print(f"-> {Path(a.out) / (NAME + '.png')}")
     return 0

@@ -17,7 +17,7 @@ NAME = "sparsity_sweep"
 DEFAULT_SPARSITIES = (0.01, 0.03, 0.05, 0.10, 0.20, 0.50, 0.95)
 
 
-def run(tasks=("sst2",), sparsities=DEFAULT_SPARSITIES, seeds=(0,), settings: Settings | None = None,
+def run(tasks=("pos",), sparsities=DEFAULT_SPARSITIES, seeds=(0,), settings: Settings | None = None,
         out: str | Path = f"analysis/{NAME}") -> dict:
     """Train every (task, sparsity, seed); write ``sparsity_sweep.png/.csv/.json``.
 
@@ -76,7 +76,7 @@ def _plot(summary, tasks, sparsities, settings, path, majority=None):
 def add_parser(sub) -> None:
     p = sub.add_parser("sparsity-sweep", help="Fig. 1: dev score vs initial mask sparsity",
                        description=__doc__, formatter_class=RAW)
-    add_common_args(p, NAME, tasks="sst2", seeds="0,1")
+    add_common_args(p, NAME, tasks="pos", seeds="0,1")
     p.add_argument("--sparsities", default=",".join(f"{s:g}" for s in DEFAULT_SPARSITIES),
                    help="initial sparsities as fractions (default: 0.01,0.03,0.05,0.1,0.2,0.5,0.95)")
     p.set_defaults(func=main)

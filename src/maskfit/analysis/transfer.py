@@ -10,7 +10,7 @@ could hold one label only). The **majority-vote baseline** predicts, for every t
 example, the most frequent label of the target's *train* split (falling back to the
 evaluated sample when the target has no labelled train split); ``gain`` is a model's
 target score minus that baseline's score on the same sample. The source dev score is
-the run's best dev score.
+the run's best dev score. On the command line the source is the first of ``--tasks``.
 """
 from __future__ import annotations
 
@@ -100,7 +100,9 @@ def _plot(rows, settings, path):
     for off, key, lab in ((-w / 2, "source_dev_score", f"source dev ({rows[0]['source']})"),
                           (w / 2, "target_score", f"target ({rows[0]['target']}, no training on it)")):
         ms = [agg(m, key) for m in METHODS]
-        bars = ax.bar(x + off, [m for m, _ in ms], w, yerr=[s for _, s in ms], capsize=4, label=lab)
+        several = len({r["seed"] for r in rows}) > 1
+        bars = ax.bar(x + off, [m for m, _ in ms], w, yerr=[s for _, s in ms] if several else None, capsize=4,
+                      label=lab + (" (mean ± std over seeds)" if several else ""))
         for b, (m, sd) in zip(bars, ms):
             ax.text(b.get_x() + b.get_width() / 2, m + sd + 0.01, f"{m:.3f}", ha="center", va="bottom", fontsize=8)
     maj = float(np.mean([r["majority_score"] for r in rows]))
@@ -120,7 +122,7 @@ def _plot(rows, settings, path):
 def add_parser(sub) -> None:
     p = sub.add_parser("transfer", help="Table 3 + IMDB: train on one task, evaluate on another (SST-2 -> IMDB)",
                        description=__doc__, formatter_class=RAW)
-    add_common_args(p, NAME, tasks="sst2")
+    add_common_args(p, NAME, tasks="sst2")  # the source task
     p.add_argument("--target", default="imdb", help="target task with the same labels (default: imdb)")
     p.add_argument("--target-max-length", type=int, help="max tokens for target inputs (default: --max-length)")
     p.set_defaults(func=main)
