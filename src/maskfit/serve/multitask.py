@@ -193,23 +193,13 @@ def _same_tensors(a: nn.Module, b: nn.Module) -> bool:
     return all(sa[k].shape == sb[k].shape and sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def uses_token_types(model: nn.Module) -> bool:
-    """Whether to feed ``token_type_ids`` (as :func:`maskfit.train.task_logits` decides)."""
-    return getattr(model.config, "type_vocab_size", 0) > 1 or model.config.model_type == "bert"
-
-
 def forward_logits(model: nn.Module, task_type: str, batch: dict) -> torch.Tensor:
-    """Logits of a collated batch: (B, C) sequence, (B, T, C) tagging, (B, n_choices) choice.
+    """Logits of a collated batch, exactly as training and evaluation compute them."""
+    from ..data.encode import split_batch
+    from ..train import task_logits
 
-    The padded choices of a choice batch (``choice_mask`` False) get ``-inf``.
-    """
-    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-    if "token_type_ids" in inputs and not uses_token_types(model):
-        inputs.pop("token_type_ids")
-    logits = model(**inputs).logits
-    if task_type == "choice" and "choice_mask" in batch:
-        logits = logits.masked_fill(~batch["choice_mask"], float("-inf"))
-    return logits.float()
+    inputs, meta = split_batch(batch)
+    return task_logits(model, task_type, inputs, meta)
 
 
 def format_predictions(task_type: str, labels, logits: torch.Tensor, batch: dict, examples: list) -> list[dict]:
