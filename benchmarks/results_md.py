@@ -33,8 +33,6 @@ def main() -> None:
 
     out += ["## Masking vs finetuning on the paper's tasks", ""]
     out.append(section(RES / "paper_table.md"))
-    out += ["### MPNet-base", ""]
-    out.append(section(RES / "paper_table_mpnet.md"))
     notes = RES / "paper_table_notes.md"
     if notes.exists():
         out.append(notes.read_text())
