@@ -225,34 +225,27 @@ def _read_inputs(a, task_type: str) -> list:
         if task_type == "tagging":
             return [{"words": t.split()} for t in a.text]
         return [{"text": t, "text_pair": pairs[i] if pairs else None} for i, t in enumerate(a.text)]
+    from .data.readers import iter_records
+
     path = Path(a.input)
     if not path.is_file():
         raise DataError(f"input file not found: {path}")
+    need = {"sequence": "text", "tagging": "words", "choice": "choices"}[task_type]
+    if path.suffix == ".jsonl":
+        return [row for _, row in iter_records(path, "jsonl", required=(need,))]
+    if task_type == "choice":
+        raise DataError(f"{path}: multiple-choice input must be .jsonl with context and choices")
     items = []
     with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
+        for line in f:
             if not line.strip():
                 continue
-            if path.suffix == ".jsonl":
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object")
-                items.append((lineno, obj))
-            elif task_type == "tagging":
-                items.append((lineno, {"words": line.split()}))
-            elif task_type == "choice":
-                raise DataError(f"{path}: multiple-choice input must be .jsonl with context and choices")
+            if task_type == "tagging":
+                items.append({"words": line.split()})
             else:
                 parts = line.rstrip("\n").split("\t")
-                items.append((lineno, {"text": parts[0], "text_pair": parts[1] if len(parts) > 1 else None}))
-    need = {"sequence": "text", "tagging": "words", "choice": "choices"}[task_type]
-    for lineno, obj in items:
-        if need not in obj:
-            raise DataError(f"{path}:{lineno}: missing '{need}'")
-    return [obj for _, obj in items]
+                items.append({"text": parts[0], "text_pair": parts[1] if len(parts) > 1 else None})
+    return items
 
 
 def cmd_predict(a) -> int:

@@ -112,17 +112,17 @@ def set_seed(seed: int) -> None:
 
 def task_logits(model: nn.Module, task_type: str, inputs: dict, meta: dict) -> torch.Tensor:
     """Logits for a collated batch: (B, C) sequence, (B, T, C) tagging, (B, n_choices) choice."""
-    inputs = {k: v for k, v in inputs.items() if k != "labels"}
-    if "token_type_ids" in inputs and not _uses_token_types(model):
-        inputs.pop("token_type_ids")
-    logits = model(**inputs).logits
+    logits = model(**model_inputs(model, inputs)).logits
     if task_type == "choice" and "choice_mask" in meta:
         logits = logits.masked_fill(~meta["choice_mask"], float("-inf"))
     return logits.float()
 
 
-def _uses_token_types(model: nn.Module) -> bool:
-    return getattr(model.config, "type_vocab_size", 0) > 1 or model.config.model_type == "bert"
+def model_inputs(model: nn.Module, inputs: dict) -> dict:
+    """The keyword arguments ``model`` takes from a collated batch (no labels; token types
+    only for models that embed them)."""
+    uses_types = getattr(model.config, "type_vocab_size", 0) > 1 or model.config.model_type == "bert"
+    return {k: v for k, v in inputs.items() if k != "labels" and (k != "token_type_ids" or uses_types)}
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -28,16 +28,13 @@ MODELS = ("pretrained", "finetuned", "masked")
 @torch.no_grad()
 def cls_vectors(model, features: list[dict], pad_token_id: int, batch_size: int = 64) -> np.ndarray:
     """Top-block [CLS] vectors (position 0 of the last hidden state), in input order."""
-    from ..train import _uses_token_types
+    from ..train import model_inputs
 
     model.eval()
     out = [None] * len(features)
     for idx in bucket_batches([feature_length(f) for f in features], batch_size, shuffle=False):
         inputs, _ = split_batch(collate([features[i] for i in idx], pad_token_id))
-        inputs.pop("labels", None)
-        if "token_type_ids" in inputs and not _uses_token_types(model):
-            inputs.pop("token_type_ids")
-        hidden = model(**inputs, output_hidden_states=True).hidden_states[-1][:, 0].float()
+        hidden = model(**model_inputs(model, inputs), output_hidden_states=True).hidden_states[-1][:, 0].float()
         for j, i in enumerate(idx):
             out[i] = hidden[j].numpy()
     return np.stack(out)

@@ -46,7 +46,7 @@ def _format(path: Path) -> str:
     return fmt
 
 
-def _records(
+def iter_records(
     path: Path,
     fmt: str | None = None,
     *,
@@ -138,7 +138,7 @@ def read_table(
     path = Path(path)
     required = tuple(c for c in (text_column, text_pair_column, label_column) if c)
     examples = []
-    for lineno, row in _records(path, fmt, fieldnames=fieldnames, required=required, quoting=quoting):
+    for lineno, row in iter_records(path, fmt, fieldnames=fieldnames, required=required, quoting=quoting):
         text = row[text_column]
         if not isinstance(text, str):
             text = _value(path, lineno, row, text_column)
@@ -199,7 +199,7 @@ def read_agnews(path: str | Path) -> list[SequenceExample]:
         return examples
     examples = []
     cols = ("Class Index", "Title", "Description")
-    for lineno, row in _records(path, "csv", required=cols):
+    for lineno, row in iter_records(path, "csv", required=cols):
         index = row["Class Index"].strip()
         if index not in ("1", "2", "3", "4"):
             raise DataError(f"{path}:{lineno}: class index must be 1-4, got {index!r}")
@@ -288,7 +288,7 @@ def read_arc(path: str | Path) -> list[ChoiceExample]:
     path = Path(path)
     fields = ("question", "A", "B", "C", "D", "answer")
     examples, skipped = [], []
-    for lineno, row in _records(path, "csv", fieldnames=fields):
+    for lineno, row in iter_records(path, "csv", fieldnames=fields):
         answer = row["answer"].strip().upper()
         if answer not in _ANSWER_INDEX:
             raise DataError(f"{path}:{lineno}: answer must be A-E or 1-4, got {answer!r}")
@@ -317,7 +317,7 @@ def read_swag(path: str | Path) -> list[ChoiceExample]:
     path = Path(path)
     endings = tuple(f"ending{i}" for i in range(4))
     examples = []
-    for lineno, row in _records(path, required=("sent1", "sent2", *endings)):
+    for lineno, row in iter_records(path, required=("sent1", "sent2", *endings)):
         raw = row.get("label")
         label = None
         if raw is not None and str(raw).strip() not in ("", "-1"):
