@@ -376,3 +376,45 @@ def test_other_heads_round_trip(arch, task, tmp_path):
     assert out.shape == ref.shape
     assert torch.equal(out, ref)
     assert list(masked_layers(m2)) == list(masked_layers(m1))
+
+
+@pytest.mark.parametrize("arch, task", [("bert", "sequence"), ("roberta", "sequence"), ("mpnet", "choice"),
+                                        ("distilbert", "sequence")])
+def test_mean_pooling_reads_the_masked_mean_and_round_trips(arch, task, tmp_path):
+    labels = ["a", "b"] if task == "sequence" else ["0"]
+    mean = build_model(f"tiny-{arch}", task, labels, seed=1, config=_tiny_config(arch), pooling="mean").eval()
+    cls = build_model(f"tiny-{arch}", task, labels, seed=1, config=_tiny_config(arch)).eval()
+    cls.load_state_dict(mean.state_dict())  # same weights: only what the head reads differs
+    g = torch.Generator().manual_seed(0)
+    shape = (2, 3, 7) if task == "choice" else (2, 7)
+    ids = torch.randint(3, 128, shape, generator=g)
+    pad = torch.full(shape[:-1] + (4,), 0)
+    padded_ids, attention = torch.cat([ids, pad], -1), torch.cat([torch.ones(shape), torch.zeros(pad.shape)], -1)
+
+    seen = {}
+    first_linear = mean.get_submodule({("bert", "sequence"): "bert.pooler.dense", ("mpnet", "choice"): "mpnet.pooler.dense",
+                                       ("distilbert", "sequence"): "pre_classifier"}.get((arch, task), "classifier.dense"))
+    first_linear.register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0]))
+    with torch.no_grad():
+        plain = mean(input_ids=ids).logits
+        out = mean(input_ids=padded_ids, attention_mask=attention.long()).logits
+        hidden = cls.base_model(input_ids=ids.reshape(-1, shape[-1])).last_hidden_state
+    assert torch.allclose(out, plain, atol=1e-5)  # padding is left out of the mean
+    assert torch.allclose(seen["x"], hidden.mean(1), atol=1e-5)  # the head reads the mean, not token 0
+    with torch.no_grad():
+        assert not torch.allclose(cls(input_ids=ids).logits, plain, atol=1e-4)
+
+    base_state = {k: v.clone() for k, v in mean.base_model.state_dict().items()}
+    mask_model(mean, MaskConfig(blocks="all", init_sparsity=0.2))
+    path = save_masks(mean, tmp_path / "t.masks")
+    assert read_maskfile(path).meta["pooling"] == "mean"
+    again = build_model(f"tiny-{arch}", task, labels, seed=5, config=_tiny_config(arch), pooling="mean")
+    again.base_model.load_state_dict(base_state)
+    load_masks(again, path)
+    with torch.no_grad():
+        assert torch.equal(again.eval()(input_ids=ids).logits, mean(input_ids=ids).logits)
+
+
+def test_mean_pooling_is_refused_for_tagging(tiny_bert_config):
+    with pytest.raises(maskfit.ModelError, match="tagging heads read every token"):
+        build_model("tiny", "tagging", ["O", "B-X"], config=tiny_bert_config, pooling="mean")

@@ -35,12 +35,13 @@ SPECS = {
     "mrpc": ("sequence", ["no", "yes", "maybe"], MaskConfig(blocks="3-5", mask_classifier=False), 0.3),
     "ner": ("tagging", NER, MaskConfig(), 0.1),
     "arc": ("choice", [], MaskConfig(blocks="4-5", modules=("q", "v", "i")), 0.2),
+    "sst_mean": ("sequence", ["neg", "pos"], MaskConfig(), 0.05),  # --pooling mean: its own head model
 }
 
 
-def make_maskfile(path, task_type, labels, config, p, seed, perturb=False):
+def make_maskfile(path, task_type, labels, config, p, seed, perturb=False, pooling="cls"):
     """A real mask file with random fixed masks (about ``p`` of each layer pruned)."""
-    model = build_model("minilm", task_type, labels or ["0"], seed=seed)
+    model = build_model("minilm", task_type, labels or ["0"], seed=seed, pooling=pooling)
     if perturb:  # same architecture, different weights: another base
         with torch.no_grad():
             model.base_model.embeddings.word_embeddings.weight[0, 0] += 1.0
@@ -62,6 +63,7 @@ def _inputs():
         "mrpc": [mrpc[:3], mrpc[3:8]],
         "ner": [ner[:4], [" ".join(w) for w in ner[4:11]]],
         "arc": [arc[:2], arc[2:6]],
+        "sst_mean": [sst[:5], sst[5:12]],
     }
 
 
@@ -70,7 +72,8 @@ def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("masks")
     files = {}
     for i, (name, (tt, labels, cfg, p)) in enumerate(SPECS.items()):
-        files[name] = make_maskfile(d / f"{name}.masks", tt, labels, cfg, p, seed=10 + i)
+        files[name] = make_maskfile(d / f"{name}.masks", tt, labels, cfg, p, seed=10 + i,
+                                    pooling="mean" if name.endswith("_mean") else "cls")
     inputs = _inputs()
     tok = load_tokenizer("minilm")
     reference = {}
@@ -226,7 +229,7 @@ def server(setup, mt):
 def test_http_statuses(server, setup):
     mt, client = server
     r = client.get("/health")
-    assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["tasks"] == 4
+    assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["tasks"] == len(SPECS)
     r = client.get("/tasks")
     assert r.status_code == 200 and set(r.json()) == set(SPECS)
     assert r.json()["ner"]["labels"] == NER and r.json()["arc"]["type"] == "choice"

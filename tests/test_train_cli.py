@@ -22,6 +22,8 @@ CASES = {
     "tagging": ("ner", {"text": ["Peter Blackburn visited Unaffable Industries in Berlin"]}),
     "choice": ("arc-easy", {"text": ["Which is a mammal?"], "choice": ["shark", "whale", "trout", "eel"]}),
 }
+CASES["pair-mean"] = CASES["pair"]  # --pooling mean (sentence and choice heads only)
+CASES["choice-mean"] = CASES["choice"]
 
 
 def run_cli(args, capsys) -> tuple[int, str, str]:
@@ -34,10 +36,12 @@ def run_cli(args, capsys) -> tuple[int, str, str]:
 @pytest.mark.parametrize("kind", list(CASES))
 def test_train_eval_predict_round_trip(kind, method, tmp_path, capsys):
     task, inputs = CASES[kind]
+    pooling = "mean" if kind.endswith("-mean") else "cls"
     out = tmp_path / "run"
     rc, stdout, err = run_cli(["train", "--task", task, "--method", method, "--out", out, "--epochs", "1",
-                               "--lr", "1e-3" if method == "mask" else "5e-5", *FAST], capsys)
+                               "--lr", "1e-3" if method == "mask" else "5e-5", "--pooling", pooling, *FAST], capsys)
     assert rc == 0, err
+    assert load_run(out).model().maskfit_pooling == pooling  # eval, predict and serve rebuild the same head
     assert f"{task}: best dev" in stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["completed"] and len(metrics["epochs"]) == 1 and metrics["n_train"] == 16
@@ -65,10 +69,10 @@ def test_train_eval_predict_round_trip(kind, method, tmp_path, capsys):
     preds = [json.loads(line) for line in stdout.splitlines()]
     assert len(preds) == len(inputs["text"])
     info = json.loads((out / "run.json").read_text())
-    if kind == "tagging":
+    if kind.startswith("tagging"):
         assert len(preds[0]["tags"]) == len(inputs["text"][0].split())
         assert set(preds[0]["tags"]) <= set(info["labels"])
-    elif kind == "choice":
+    elif kind.startswith("choice"):
         assert 0 <= preds[0]["choice"] < 4 and sum(preds[0]["probs"]) == pytest.approx(1, abs=1e-5)
     else:
         assert preds[0]["label"] in info["labels"]
@@ -166,6 +170,7 @@ def test_dev_label_missing_from_train_is_refused(tmp_path, capsys):
     (["train", "--task", "qnli", "--out", "X"], "QNLI train is not available"),
     (["train", "--task", "sst2", "--out", "X", "--blocks", "2-99"], "out of range"),
     (["train", "--task", "sst2", "--out", "X", "--modules", "q,zz"], "unknown module"),
+    (["train", "--task", "ner", "--out", "X", "--pooling", "mean"], "tagging heads read every token"),
     (["eval", "--run", "/nonexistent/run"], "not a maskfit run directory"),
 ])
 def test_bad_arguments_get_one_line_errors(argv, needle, tmp_path, capsys):

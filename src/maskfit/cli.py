@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-ratio", type=float, default=0.0)
     p.add_argument("--limit-train", type=int, help="train on a seeded random subset of N examples")
     p.add_argument("--limit-eval", type=int, help="evaluate on the first N dev examples")
+    p.add_argument("--pooling", choices=("cls", "mean"), default="cls",
+                   help="what sentence and choice heads read: the first token (cls, the paper) or the mean of "
+                        "all tokens (mean: how sentence-transformer bases such as minilm and mpnet were trained)")
     m = p.add_argument_group("masking (method mask)")
     m.add_argument("--init-sparsity", type=float, default=0.05, help="fraction of zeros at start (default 0.05)")
     m.add_argument("--threshold", type=float, default=5e-3, help="τ (default 5e-3)")
@@ -176,7 +179,8 @@ def cmd_train(a) -> int:
     task = _get_task(info)
     args = TrainArgs(method=a.method, lr=a.lr, epochs=a.epochs, patience=a.patience, batch_size=a.batch_size,
                      max_length=a.max_length, seed=a.seed, precision=a.precision, limit_train=a.limit_train,
-                     limit_eval=a.limit_eval, schedule=a.schedule, warmup_ratio=a.warmup_ratio)
+                     limit_eval=a.limit_eval, schedule=a.schedule, warmup_ratio=a.warmup_ratio,
+                     pooling=a.pooling)
     cfg = _mask_config(a) if a.method == "mask" else None
     try:
         result = fit(task, a.model, a.out, args, mask_config=cfg, overwrite=a.overwrite, progress=not a.quiet,

@@ -15,9 +15,11 @@ from transformers import (AutoConfig, AutoModelForMultipleChoice, AutoModelForSe
                           AutoModelForTokenClassification, AutoTokenizer)
 
 from .errors import ModelError
+from .masking.targets import architecture_for
 from .models import resolve_model
 
 TASK_TYPES = ("sequence", "tagging", "choice")
+POOLINGS = ("cls", "mean")
 
 HEAD_CLASSES = {
     "sequence": AutoModelForSequenceClassification,
@@ -51,16 +53,27 @@ def load_tokenizer(model_name: str):
         raise ModelError(f"could not load the tokenizer of '{model_name}': {str(e).splitlines()[0]}") from None
 
 
+def check_head(task_type: str, pooling: str = "cls") -> None:
+    """Refuse an unknown task type or pooling, or a pooling the task type cannot use."""
+    if task_type not in HEAD_CLASSES:
+        raise ModelError(f"unknown task type '{task_type}'; expected one of {', '.join(TASK_TYPES)}")
+    if pooling not in POOLINGS:
+        raise ModelError(f"unknown pooling '{pooling}'; expected one of {', '.join(POOLINGS)}")
+    if pooling != "cls" and task_type == "tagging":
+        raise ModelError(f"--pooling {pooling} applies to sentence and choice tasks; tagging heads read every token")
+
+
 def build_model(model_name: str, task_type: str, labels: list[str] | tuple[str, ...], seed: int = 0,
-                config=None) -> nn.Module:
+                config=None, pooling: str = "cls") -> nn.Module:
     """The pretrained encoder ``model_name`` with a random head for ``task_type``.
 
     The head is initialised from ``seed`` (so it is reproducible and can be stored in
     a mask file). With ``config`` (a transformers config) the model is built with
     random weights instead of loading a checkpoint, used for tests on true shapes.
+    ``pooling`` is what sequence and choice heads read: ``cls`` (the paper: the first
+    token) or ``mean`` (see :class:`MeanPooling`); tagging heads read every token.
     """
-    if task_type not in HEAD_CLASSES:
-        raise ModelError(f"unknown task type '{task_type}'; expected one of {', '.join(TASK_TYPES)}")
+    check_head(task_type, pooling)
     labels = list(labels)
     head_kwargs = {}
     if task_type != "choice":
@@ -81,7 +94,62 @@ def build_model(model_name: str, task_type: str, labels: list[str] | tuple[str, 
         _pooler_into_pre_classifier(model, path)
     model.maskfit_base = model_name
     model.maskfit_task_type = task_type
+    model.maskfit_pooling = pooling
+    if pooling == "mean":
+        MeanPooling(model)
     return model
+
+
+class MeanPooling:
+    """Puts the attention-masked mean of the last hidden states where the head reads [CLS].
+
+    Every sequence and choice head of the supported architectures reads position 0 of
+    the encoder's output (BERT's pooler, RoBERTa/MPNet's classification head,
+    DistilBERT's pre-classifier), so replacing that one vector is the whole change: the
+    pooler / pre-classifier and classifier stay as they are (and masked). Sentence-
+    transformer bases (all-MiniLM, all-mpnet) were trained to be read by the mean, and
+    their [CLS] vector carries little sentence information.
+
+    Hooks on the base model record the attention mask for the duration of its call; a
+    hook on the encoder rewrites its output before the pooler sees it, and only inside a
+    call of *this* model (a server shares one encoder between heads with different
+    poolings). State lives in a ``threading.local``, so concurrent forwards do not mix.
+    """
+
+    def __init__(self, model: nn.Module):
+        import threading
+
+        base = model.base_model
+        encoder = base.get_submodule(architecture_for(model.config.model_type).encoder)
+        self._local = threading.local()
+        base.register_forward_pre_hook(self._enter, with_kwargs=True)
+        base.register_forward_hook(self._leave)
+        encoder.register_forward_hook(self._mean_into_first)
+
+    def _enter(self, module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        if mask is None and len(args) > 1:
+            mask = args[1]
+        self._local.mask, self._local.active = mask, True
+
+    def _leave(self, module, args, output):
+        self._local.mask, self._local.active = None, False
+
+    def _mean_into_first(self, module, args, output):
+        if not getattr(self._local, "active", False):
+            return output
+        hidden = output[0]
+        mask = self._local.mask
+        if mask is None:
+            mean = hidden.mean(dim=1)
+        else:
+            m = mask.to(hidden.dtype).unsqueeze(-1)
+            mean = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
+        hidden = torch.cat([mean.unsqueeze(1), hidden[:, 1:]], dim=1)
+        if isinstance(output, tuple):
+            return (hidden,) + tuple(output[1:])
+        output["last_hidden_state"] = hidden
+        return output
 
 
 def _pooler_into_pre_classifier(model: nn.Module, path: str) -> None:

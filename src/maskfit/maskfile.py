@@ -112,6 +112,7 @@ def save_masks(model: nn.Module, path: str | os.PathLike, labels=None, extra: di
         "model_type": cfg.model_type,
         "head_class": type(model).__name__,
         "task_type": getattr(model, "maskfit_task_type", None),
+        "pooling": getattr(model, "maskfit_pooling", "cls"),
         "labels": list(labels) if labels is not None else None,
         "mask_config": getattr(model, "mask_config", MaskConfig()).to_dict(),
         "layers": {n: list(m.weight.shape) for n, m in layers.items()},
@@ -231,6 +232,7 @@ def load_task_model(path: str | os.PathLike, base_model: str | None = None) -> n
 
     mf = read_maskfile(path)
     labels = mf.labels or ["0"]
-    model = build_model(base_model or mf.meta["base_model"], mf.meta["task_type"], labels)
+    model = build_model(base_model or mf.meta["base_model"], mf.meta["task_type"], labels,
+                        pooling=mf.meta.get("pooling", "cls"))
     check_base(model, mf.meta, mf.path)
     return apply_maskfile(model, mf)

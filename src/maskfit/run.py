@@ -106,7 +106,8 @@ class Run:
         if not path.exists():
             raise RunError(f"{self.path} has no model.safetensors yet (no epoch finished)")
         labels = self.info["labels"] or ["choice"]
-        model = build_model(self.info["model"], self.info["task_type"], labels)
+        model = build_model(self.info["model"], self.info["task_type"], labels,
+                            pooling=self.info["args"].get("pooling", "cls"))
         load_model(model, str(path))
         return model.eval()
 

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .data.encode import IGNORE_INDEX, bucket_batches, collate, encode, feature_length, split_batch, word_predictions
 from .errors import DataError, RunError
-from .heads import build_model, load_tokenizer
+from .heads import build_model, check_head, load_tokenizer
 from .masking import MaskConfig, mask_model, mask_stats
 from .run import RUN_FILE, atomic_write_json, save_weights, versions
 
@@ -67,6 +67,10 @@ class TrainArgs:
     """``linear`` (decay to 0 over all epochs) or ``constant``."""
     warmup_ratio: float = 0.0
     eval_batch_size: int = 64
+    pooling: str = "cls"
+    """What sequence and choice heads read: ``cls`` (the paper: the first token) or ``mean``
+    (the attention-masked mean of all tokens, how sentence-transformer bases were trained).
+    Tagging tasks always read every token."""
 
     def resolved_lr(self, task) -> float:
         if self.lr is not None:
@@ -246,7 +250,7 @@ def make_model(model_name: str, task, args: TrainArgs, mask_config: MaskConfig |
                model_config=None) -> nn.Module:
     """The task model for ``args.method``: masked (only scores train) or fully trainable."""
     labels = list(task.labels) if task.type != "choice" else ["choice"]
-    model = build_model(model_name, task.type, labels, seed=args.seed, config=model_config)
+    model = build_model(model_name, task.type, labels, seed=args.seed, config=model_config, pooling=args.pooling)
     if args.method == "mask":
         cfg = mask_config or MaskConfig(seed=args.seed)
         mask_model(model, cfg)
@@ -277,6 +281,7 @@ def fit(task, model_name: str, out_dir: str | os.PathLike | None, args: TrainArg
     args = args or TrainArgs()
     if args.method not in METHODS:
         raise ValueError(f"unknown method {args.method!r}; expected mask or finetune")
+    check_head(task.type, args.pooling)  # before the run directory is written
     if args.method == "mask":
         mask_config = mask_config or MaskConfig(seed=args.seed)
     bf16 = use_bf16(args.precision)
@@ -437,7 +442,8 @@ def load_best(run_dir: str | os.PathLike, model_config=None) -> nn.Module:
         return run.model()
     info = run.info
     model = build_model(info["model"], info["task_type"], info["labels"] or ["choice"],
-                        seed=info["args"]["seed"], config=copy.deepcopy(model_config))
+                        seed=info["args"]["seed"], config=copy.deepcopy(model_config),
+                        pooling=info["args"].get("pooling", "cls"))
     if run.method == "mask":
         from .maskfile import load_masks
 

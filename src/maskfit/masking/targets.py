@@ -15,6 +15,8 @@ from dataclasses import dataclass
 class ArchitectureMap:
     blocks: str
     """Path of the ``nn.ModuleList`` of transformer blocks, relative to the base model."""
+    encoder: str
+    """Path of the module whose output is the last hidden states, before any pooler."""
     modules: dict[str, str]
     """Paper name (q, k, v, ao, i, o) → path inside one block."""
     pooler: tuple[str, ...]
@@ -37,6 +39,7 @@ _BERT_LIKE_MODULES = {
 ARCHITECTURES: dict[str, ArchitectureMap] = {
     "bert": ArchitectureMap(
         blocks="encoder.layer",
+        encoder="encoder",
         modules=_BERT_LIKE_MODULES,
         pooler=("pooler.dense",),
         pre_classifier=(),
@@ -44,6 +47,7 @@ ARCHITECTURES: dict[str, ArchitectureMap] = {
     ),
     "roberta": ArchitectureMap(
         blocks="encoder.layer",
+        encoder="encoder",
         modules=_BERT_LIKE_MODULES,
         pooler=("pooler.dense",),
         pre_classifier=("classifier.dense",),
@@ -51,6 +55,7 @@ ARCHITECTURES: dict[str, ArchitectureMap] = {
     ),
     "distilbert": ArchitectureMap(
         blocks="transformer.layer",
+        encoder="transformer",
         modules={"q": "attention.q_lin", "k": "attention.k_lin", "v": "attention.v_lin",
                  "ao": "attention.out_lin", "i": "ffn.lin1", "o": "ffn.lin2"},
         pooler=(),
@@ -59,6 +64,7 @@ ARCHITECTURES: dict[str, ArchitectureMap] = {
     ),
     "mpnet": ArchitectureMap(
         blocks="encoder.layer",
+        encoder="encoder",
         modules={"q": "attention.attn.q", "k": "attention.attn.k", "v": "attention.attn.v",
                  "ao": "attention.attn.o", "i": "intermediate.dense", "o": "output.dense"},
         pooler=("pooler.dense",),

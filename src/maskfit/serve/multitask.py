@@ -173,6 +173,11 @@ class _Task:
         return unpack_mask(self.packed[layer.offset:layer.offset + layer.nbytes], layer.shape)
 
 
+def _model_key(task_type: str, pooling: str) -> str:
+    """Tasks share one head model per task type and pooling (the pooling hooks live on it)."""
+    return task_type if pooling == "cls" else f"{task_type}/{pooling}"
+
+
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
@@ -329,13 +334,15 @@ class MultiTaskModel:
             limit = min(limit, int(pos) - offset)
         return limit
 
-    def _type_model(self, task_type: str, labels) -> nn.Module:
-        """The head model of ``task_type``, built on first use, sharing the base modules."""
-        from ..heads import build_model
+    def _type_model(self, task_type: str, labels, pooling: str = "cls") -> nn.Module:
+        """The head model of ``task_type`` (and pooling), built on first use, sharing the base modules."""
+        from ..heads import MeanPooling, build_model
 
-        model = self._models.get(task_type)
+        key = _model_key(task_type, pooling)
+        model = self._models.get(key)
         if model is not None:
             return model
+        # Pooling hooks go on once the shared encoder is in place (they hook the encoder).
         model = build_model(self.base_model_name, task_type, list(labels or ["0"]), config=self._config)
         model.eval().requires_grad_(False)
         base = model.base_model
@@ -354,8 +361,14 @@ class MultiTaskModel:
             elif name in ("embeddings", "encoder"):
                 raise MaskfileError(f"the {task_type} head of '{self.base_model_name}' loads a different "
                                     f"{name} than the shared base; cannot share it")
-        self._models[task_type] = model
+        if pooling == "mean":
+            MeanPooling(model)
+            model.maskfit_pooling = pooling
+        self._models[key] = model
         return model
+
+    def _model_of(self, task: _Task) -> nn.Module:
+        return self._models[_model_key(task.type, task.meta.get("pooling", "cls"))]
 
     # ------------------------------------------------------------------ tasks
 
@@ -406,7 +419,7 @@ class MultiTaskModel:
         with self._lock:
             if task_name in self._tasks and not replace:
                 raise MaskfitError(f"task '{task_name}' is already registered")
-            model = self._type_model(task_type, labels)
+            model = self._type_model(task_type, labels, meta.get("pooling", "cls"))
             if meta.get("head_class") and meta["head_class"] != type(model).__name__:
                 raise MaskfileError(f"{path}: head class {meta['head_class']} does not match this base's "
                                     f"{task_type} head {type(model).__name__}")
@@ -546,7 +559,7 @@ class MultiTaskModel:
     def _switch(self, task: _Task) -> None:
         if self._current == task.name:
             return
-        model = self._models[task.type]
+        model = self._model_of(task)
         for pname, p in task.head.items():  # head first: a masked classifier's W is the head's
             owner, _, leaf = pname.rpartition(".")
             setattr(model.get_submodule(owner) if owner else model, leaf, p)
@@ -636,7 +649,7 @@ class MultiTaskModel:
         with self._lock, torch.no_grad():
             task = self._task(task_name)
             self._switch(task)
-            return forward_logits(self._models[task.type], task.type, batch)
+            return forward_logits(self._model_of(task), task.type, batch)
 
     def logits(self, task_name: str, inputs, max_length: int | None = None, truncate: bool = True) -> list[torch.Tensor]:
         """Raw logits, one tensor per batch of :attr:`batch_size` inputs (in order)."""
