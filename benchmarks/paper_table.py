@@ -5,7 +5,11 @@ so anyone can rerun a single row. Runs already complete in ``--runs`` are reused
 interrupted benchmark resumes where it stopped.
 
     python benchmarks/paper_table.py --profile quick      # subsampled, fits a 2-core CPU in ~1-2 h
+    python benchmarks/paper_table.py --profile cpu        # full MRPC/RTE/CoLA, the rest subsampled (~4 h)
     python benchmarks/paper_table.py --profile full       # full train sets, 10 epochs (days on 2 cores)
+
+Rows can run in parallel (``--tasks``/``--models`` per process, one torch thread each);
+``--report-only`` then writes the table from the finished runs.
 """
 from __future__ import annotations
 
@@ -25,26 +29,50 @@ MPNET_TASKS = ["mrpc", "rte", "cola"]
 
 # Learning rates fixed a priori from the paper's ranges (mask 1e-3 … 1e-4, finetune
 # 1e-5 … 5e-5): short runs take the top of each range. Nothing is tuned on test data.
+# A profile gives each model a default row setting; "tasks" overrides it per task.
 PROFILES = {
     "quick": {"minilm": {"limit_train": 2000, "epochs": 3}, "mpnet": {"limit_train": 500, "epochs": 2},
               "lr": {"mask": 1e-3, "finetune": 5e-5}, "patience": 0},
+    # What fits two CPU cores in a few hours. Mask lr 3e-4: on MRPC dev 1e-3 never left the
+    # majority class in 4 full epochs while 3e-4 reached 76.5 (benchmarks/results/grid_*.md).
+    # Finetuning a fresh token classifier needs a higher lr than a sentence head on a
+    # 2,000-example budget (POS train loss still 1.2 after 3 epochs at 5e-5), so tagging rows
+    # finetune at 1e-4.
+    "cpu": {"minilm": {"limit_train": 2000, "epochs": 3,
+                       "tasks": {"mrpc": {"limit_train": None, "epochs": 5},
+                                 "rte": {"limit_train": None, "epochs": 5},
+                                 "cola": {"limit_train": None, "epochs": 5},
+                                 "ner": {"lr": {"mask": 3e-4, "finetune": 1e-4}},
+                                 "pos": {"lr": {"mask": 3e-4, "finetune": 1e-4}}}},
+            "mpnet": {"limit_train": 1000, "epochs": 3},
+            "lr": {"mask": 3e-4, "finetune": 5e-5}, "patience": 2},
     "full": {"minilm": {"limit_train": None, "epochs": 10}, "mpnet": {"limit_train": None, "epochs": 10},
              "lr": {"mask": 1e-4, "finetune": 2e-5}, "patience": 2},
 }
 
 
+def row_settings(prof: dict, model: str, task: str) -> dict:
+    """limit_train, epochs, lr (per method) and patience of one (model, task) row."""
+    base = {"lr": prof["lr"], "patience": prof["patience"]}
+    base.update({k: v for k, v in prof[model].items() if k != "tasks"})
+    base.update(prof[model].get("tasks", {}).get(task, {}))
+    return base
+
+
 def command(model: str, task: str, method: str, out: Path, prof: dict, extra: list[str]) -> list[str]:
-    p = prof[model]
+    p = row_settings(prof, model, task)
     cmd = ["maskfit", "train", "--task", task, "--model", model, "--method", method, "--out", str(out),
-           "--epochs", str(p["epochs"]), "--patience", str(prof["patience"]), "--lr", str(prof["lr"][method]),
+           "--epochs", str(p["epochs"]), "--patience", str(p["patience"]), "--lr", str(p["lr"][method]),
            "--quiet"]
     if p["limit_train"]:
         cmd += ["--limit-train", str(p["limit_train"])]
     return cmd + extra
 
 
-def run_row(cmd: list[str], out: Path) -> dict | None:
+def run_row(cmd: list[str], out: Path, run: bool = True) -> dict | None:
     metrics = out / "metrics.json"
+    if not metrics.exists() and not run:
+        return None
     if not metrics.exists():
         print("$", shlex.join(cmd), flush=True)
         exe = [sys.executable, "-m", "maskfit.cli"] + cmd[1:]
@@ -71,9 +99,9 @@ def write_results(rows: list[dict], profile: str, path: Path) -> None:
         "(AG News: a held-out 10% of its train sample is the dev split for model selection, and the test score of "
         "the kept epoch is reported next to it). `train n` is the number of training examples used.",
         "",
-        "| model | task | metric | mask | finetune | Δ (mask − ft) | train n | epochs | mask: wall s / train ex/s | "
-        "finetune: wall s / train ex/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | task | metric | mask | finetune | Δ (mask − ft) | train n | epochs run (mask / ft) | lr (mask / ft) | "
+        "mask: wall s / train ex/s | finetune: wall s / train ex/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         m, f = r.get("mask"), r.get("finetune")
@@ -85,9 +113,10 @@ def write_results(rows: list[dict], profile: str, path: Path) -> None:
             test = f" (test: {100 * m['test_score']:.1f} vs {100 * f['test_score']:.1f})"
         timing = lambda x: f"{x['wall_time_s']:.0f} / {x['train_examples_per_s']:.1f}" if x else "–"
         n = (m or f or {}).get("n_train", "–")
-        ep = len((m or f or {}).get("epochs", [])) or "–"
+        ep = " / ".join(str(len(x["epochs"])) if x else "–" for x in (m, f))
+        lr = " / ".join(f"{x['lr']:g}" if x else "–" for x in (m, f))
         lines.append(f"| {r['model']} | {r['task']} | {(m or f or {}).get('metric', '')} | {fmt(ms, '')} | "
-                     f"{fmt(fs, '')} | {delta}{test} | {n} | {ep} | {timing(m)} | {timing(f)} |")
+                     f"{fmt(fs, '')} | {delta}{test} | {n} | {ep} | {lr} | {timing(m)} | {timing(f)} |")
     lines += ["", "Commands (one per row and method):", ""]
     for r in rows:
         for method in ("mask", "finetune"):
@@ -101,10 +130,14 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["minilm", "mpnet"])
     ap.add_argument("--tasks", nargs="+", help="restrict to these tasks")
     ap.add_argument("--runs", default="runs/paper_table", help="where run directories go")
-    ap.add_argument("--results", default="benchmarks/results/paper_table.md")
+    ap.add_argument("--results", help="table to write (default: benchmarks/results/paper_table_PROFILE.md)")
     ap.add_argument("--extra", default="", help="extra flags for every maskfit train call")
+    ap.add_argument("--report-only", action="store_true",
+                    help="start no run: write the table from the runs already complete (e.g. after running "
+                         "rows in parallel with --tasks)")
     a = ap.parse_args()
     os.chdir(ROOT)
+    a.results = a.results or f"benchmarks/results/paper_table_{a.profile}.md"
     prof = PROFILES[a.profile]
     rows = []
     for model in a.models:
@@ -116,7 +149,7 @@ def main() -> None:
                 out = Path(a.runs) / a.profile / model / task / method
                 cmd = command(model, task, method, out, prof, shlex.split(a.extra))
                 row["commands"][method] = cmd
-                row[method] = run_row(cmd, out)
+                row[method] = run_row(cmd, out, run=not a.report_only)
             rows.append(row)
             Path(a.results).parent.mkdir(parents=True, exist_ok=True)
             write_results(rows, a.profile, Path(a.results))

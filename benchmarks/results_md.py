@@ -32,10 +32,15 @@ def main() -> None:
            "from `benchmarks/results/`.", ""]
 
     out += ["## Masking vs finetuning on the paper's tasks", ""]
-    out.append(section(RES / "paper_table.md"))
+    out.append(section(RES / "paper_table_cpu.md"))
     notes = RES / "paper_table_notes.md"
     if notes.exists():
         out.append(notes.read_text())
+    grids = sorted(RES.glob("grid_*.md"))
+    if grids:
+        out += ["## What was tried: dev-split grids", ""] + [section(g, drop_title=False) for g in grids]
+    out += ["## Earlier, shorter runs (`--profile quick`)", ""]
+    out.append(section(RES / "paper_table_quick.md"))
 
     speed = RES / "train_speed.json"
     out += ["## Training speed: maskfit masking vs transformers.Trainer finetuning", ""]
