@@ -119,6 +119,10 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
         fit(task, "minilm", tmp_path / "resumed", args, callbacks=[stop_after_first], progress=False)
     assert (tmp_path / "resumed" / "checkpoint" / "state.pt").exists()
     assert not (tmp_path / "resumed" / "metrics.json").exists()
+    run_file = tmp_path / "resumed" / "run.json"  # written by a version without --pooling: still resumable
+    info = json.loads(run_file.read_text())
+    del info["args"]["pooling"]
+    run_file.write_text(json.dumps(info))
     resumed = fit(task, "minilm", tmp_path / "resumed", args, progress=False)
     log = (tmp_path / "resumed" / "train.log").read_text()
     assert "resuming" in log and log.count("epoch 1:") == 1 and log.count("epoch 2:") == 1

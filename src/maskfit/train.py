@@ -480,7 +480,8 @@ def _scheduler(optimizer, args: TrainArgs, total_steps: int):
 
 def _comparable(info: dict) -> dict:
     keep = dict(info)
-    keep["args"] = {k: v for k, v in info["args"].items() if k not in ("epochs", "patience", "eval_batch_size")}
+    args = {**asdict(TrainArgs()), **info["args"]}  # a run from before a new flag existed had its default
+    keep["args"] = {k: v for k, v in args.items() if k not in ("epochs", "patience", "eval_batch_size")}
     return keep
 
 
