@@ -68,8 +68,10 @@ def main() -> None:
         cmd += passthrough
         rows.append((point, cmd, run_row(cmd, out)))
 
+    full = sys.argv[1:]
+    shown = [x for i, x in enumerate(full) if x != "--note" and (i == 0 or full[i - 1] != "--note")]
     lines = [f"### Grid `{a.name}`: {a.method}, {a.model}, {a.task} (dev)", "",
-             f"Written by `python benchmarks/mask_grid.py {shlex.join(sys.argv[1:])}`.", ""]
+             f"Written by `python benchmarks/mask_grid.py {shlex.join(shown)}`.", ""]
     if a.note:
         lines += [a.note, ""]
     head = [flag for flag, _ in vary]
