@@ -340,7 +340,7 @@ def _fit(task, model_name, run_dir, args, mask_config, model_config, info, resum
         history, best, best_epoch = state["history"], state["best"], state["best_epoch"]
         start_epoch = state["epoch"] + 1
         torch.set_rng_state(state["rng"])
-        log.info("resuming %s from epoch %d (best %.4f at epoch %d)", run_dir, start_epoch, best, best_epoch)
+        log.info("resuming %s from epoch %d (best %.4f at epoch %d)", run_dir, start_epoch, best, best_epoch + 1)
     log.info("task %s (%s, %d train, dev: %s, %d) model %s method %s lr %g precision %s",
              task.name, task.type, len(train), dev_name, len(dev), model_name, args.method, lr, info["precision"])
 
