@@ -34,7 +34,7 @@ PROFILES = {
     "quick": {"minilm": {"limit_train": 2000, "epochs": 3}, "mpnet": {"limit_train": 500, "epochs": 2},
               "lr": {"mask": 1e-3, "finetune": 5e-5}, "patience": 0},
     # What fits two CPU cores in a few hours. Mask lr 3e-4: on MRPC dev 1e-3 never left the
-    # majority class in 4 full epochs while 3e-4 reached 76.5 (benchmarks/results/grid_*.md).
+    # majority class in 4 full epochs while 3e-4 reached 77.9 (benchmarks/results/grid_mrpc-lr.md).
     # Finetuning a fresh token classifier needs a higher lr than a sentence head on a
     # 2,000-example budget (POS train loss still 1.2 after 3 epochs at 5e-5), so tagging rows
     # finetune at 1e-4.
@@ -71,9 +71,9 @@ def command(model: str, task: str, method: str, out: Path, prof: dict, extra: li
 
 def run_row(cmd: list[str], out: Path, run: bool = True) -> dict | None:
     metrics = out / "metrics.json"
-    if not metrics.exists() and not run:
-        return None
     if not metrics.exists():
+        if not run:
+            return None
         print("$", shlex.join(cmd), flush=True)
         exe = [sys.executable, "-m", "maskfit.cli"] + cmd[1:]
         t0 = time.time()

@@ -6,6 +6,7 @@ choice   → ``AutoModelForMultipleChoice`` (one score per (context, choice) pai
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import torch
@@ -94,10 +95,15 @@ def build_model(model_name: str, task_type: str, labels: list[str] | tuple[str, 
         _pooler_into_pre_classifier(model, path)
     model.maskfit_base = model_name
     model.maskfit_task_type = task_type
+    set_pooling(model, pooling)
+    return model
+
+
+def set_pooling(model: nn.Module, pooling: str) -> None:
+    """Make ``model``'s head read ``pooling`` (hooks on its current encoder module)."""
     model.maskfit_pooling = pooling
     if pooling == "mean":
         MeanPooling(model)
-    return model
 
 
 class MeanPooling:
@@ -117,8 +123,6 @@ class MeanPooling:
     """
 
     def __init__(self, model: nn.Module):
-        import threading
-
         base = model.base_model
         encoder = base.get_submodule(architecture_for(model.config.model_type).encoder)
         self._local = threading.local()

@@ -336,7 +336,7 @@ class MultiTaskModel:
 
     def _type_model(self, task_type: str, labels, pooling: str = "cls") -> nn.Module:
         """The head model of ``task_type`` (and pooling), built on first use, sharing the base modules."""
-        from ..heads import MeanPooling, build_model
+        from ..heads import build_model, set_pooling
 
         key = _model_key(task_type, pooling)
         model = self._models.get(key)
@@ -361,9 +361,7 @@ class MultiTaskModel:
             elif name in ("embeddings", "encoder"):
                 raise MaskfileError(f"the {task_type} head of '{self.base_model_name}' loads a different "
                                     f"{name} than the shared base; cannot share it")
-        if pooling == "mean":
-            MeanPooling(model)
-            model.maskfit_pooling = pooling
+        set_pooling(model, pooling)
         self._models[key] = model
         return model
 
