@@ -26,7 +26,7 @@ def tiny_config():
 @pytest.fixture
 def settings():
     return common.Settings(model="minilm", model_config=tiny_config(), limit_train=32, limit_eval=24, epochs=1,
-                           batch_size=16, max_length=32, lr=1e-2, finetune_lr=1e-3, precision="fp32",
+                           batch_size=16, max_length=32, lr=1e-2, finetune_lr=1e-3, precision="fp32", device="cpu",
                            data_dir=str(DATA))
 
 
@@ -78,8 +78,9 @@ def test_initial_mask_is_the_shared_start(settings):
 
 def test_interpolation_endpoints_reproduce_logits(settings, sst2_batch):
     from maskfit.masking import MaskConfig, mask_model
-    from maskfit.train import task_logits
+    from maskfit.tasktypes import task_type
 
+    logits = task_type("sequence").logits
     task = common.get_task("sst2", settings)
     inputs = {k: v for k, v in sst2_batch.items() if k != "labels"}
     base = common.plain_model(task, settings, seed=0)
@@ -91,11 +92,11 @@ def test_interpolation_endpoints_reproduce_logits(settings, sst2_batch):
     mk = mask_model(common.plain_model(task, settings, seed=0), MaskConfig(init_sparsity=0.3, seed=1)).eval()
     a, b = common.param_point(mk), common.param_point(ft)
     with torch.no_grad():
-        want_a = task_logits(mk, "sequence", inputs, {})
-        want_b = task_logits(ft.eval(), "sequence", inputs, {})
-        got0 = task_logits(common.AtPoint(base, common.lerp(a, b, 0.0)).eval(), "sequence", inputs, {})
-        got1 = task_logits(common.AtPoint(base, common.lerp(a, b, 1.0)).eval(), "sequence", inputs, {})
-        mid = task_logits(common.AtPoint(base, common.lerp(a, b, 0.5)).eval(), "sequence", inputs, {})
+        want_a = logits(mk, inputs)
+        want_b = logits(ft.eval(), inputs)
+        got0 = logits(common.AtPoint(base, common.lerp(a, b, 0.0)).eval(), inputs)
+        got1 = logits(common.AtPoint(base, common.lerp(a, b, 1.0)).eval(), inputs)
+        mid = logits(common.AtPoint(base, common.lerp(a, b, 0.5)).eval(), inputs)
     assert torch.allclose(got0, want_a, atol=1e-6, rtol=0)
     assert torch.allclose(got1, want_b, atol=1e-6, rtol=0)
     assert not torch.allclose(mid, want_a, atol=1e-3)

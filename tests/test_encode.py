@@ -1,4 +1,4 @@
-"""encode / collate / bucket_batches with the real MiniLM (BERT uncased wordpiece) tokenizer."""
+"""encode / collate / batch plans with the real MiniLM (BERT uncased wordpiece) tokenizer."""
 
 from pathlib import Path
 
@@ -11,12 +11,11 @@ from maskfit.data import (
     ChoiceExample,
     SequenceExample,
     TaggingExample,
-    bucket_batches,
     collate,
     encode,
     feature_length,
     read_conll2003,
-    split_batch,
+    plan,
     word_predictions,
 )
 from maskfit.errors import DataError
@@ -98,7 +97,8 @@ def test_collate_pads_to_longest_in_batch_not_max_length(tok):
     assert batch["labels"][0].tolist() == [-100, 1, 2, -100, -100, -100, -100]
     assert batch["word_index"][0].tolist() == [-1, 0, 1, -1, -1, -1, -1]
     assert batch["n_words"].tolist() == [2, 3]
-    inputs, meta = split_batch(batch)
+    inputs = {k for k in batch if k not in META_KEYS}
+    meta = {k for k in batch if k in META_KEYS}
     assert set(inputs) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
     assert set(meta) == {"word_index", "n_words", "n_kept"} and set(meta) <= set(META_KEYS)
 
@@ -123,14 +123,18 @@ def test_choice_encoding_and_shapes(tok):
     assert batch["labels"].tolist() == [0, 2]
     assert batch["choice_mask"].tolist() == [[True] * 4, [True, True, True, False]]
     assert batch["attention_mask"][1, 3].sum() == 0  # the missing 4th choice is all padding
-    assert "choice_mask" not in split_batch(batch)[0]
+    assert "choice_mask" in META_KEYS  # metadata: never passed to the model
 
 
-def test_bucket_batches_deterministic_complete_and_less_padding():
+def _batches(lengths, size, order, seed=0):
+    return [p.indices for p in plan(lengths, size, order=order, seed=seed)]
+
+
+def test_batch_plan_deterministic_complete_and_less_padding():
     lengths = [(i * 37) % 101 + 1 for i in range(1000)]
-    a = bucket_batches(lengths, 16, shuffle=True, seed=3)
-    assert a == bucket_batches(lengths, 16, shuffle=True, seed=3)
-    assert a != bucket_batches(lengths, 16, shuffle=True, seed=4)
+    a = _batches(lengths, 16, "shuffle", seed=3)
+    assert a == _batches(lengths, 16, "shuffle", seed=3)
+    assert a != _batches(lengths, 16, "shuffle", seed=4)
     assert sorted(i for b in a for i in b) == list(range(1000))
     assert all(len(b) <= 16 for b in a)
 
@@ -139,6 +143,6 @@ def test_bucket_batches_deterministic_complete_and_less_padding():
 
     naive = [list(range(i, min(i + 16, 1000))) for i in range(0, 1000, 16)]
     assert padding(a) < padding(naive) / 4
-    ordered = bucket_batches(lengths, 16, shuffle=False)
+    ordered = _batches(lengths, 16, "length")
     flat = [i for b in ordered for i in b]
     assert [lengths[i] for i in flat] == sorted(lengths)

@@ -326,7 +326,8 @@ def _block_names(arch: str, blocks, modules=("q", "k", "v", "ao", "i", "o")) -> 
 
 
 def _linears(model) -> set[str]:
-    return {n for n, m in model.named_modules() if isinstance(m, (nn.Linear, MaskedLinear))}
+    """Linear layers by their name in the transformers model (the names mask files use)."""
+    return {n for n, m in model.get_base_model().named_modules() if isinstance(m, (nn.Linear, MaskedLinear))}
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -377,7 +378,7 @@ def test_selection_options(true_shape_models, arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_mask_model_swaps_exactly_the_selected_layers(true_shape_models, arch):
     model = true_shape_models(arch, "choice")
-    before = dict(model.named_parameters())
+    before = dict(model.get_base_model().named_parameters())
     cfg = MaskConfig(modules=("q", "v"), blocks="0,3", mask_pooler=False)
     mask_model(model, cfg)
     layers = masked_layers(model)
@@ -385,7 +386,7 @@ def test_mask_model_swaps_exactly_the_selected_layers(true_shape_models, arch):
     for name, layer in layers.items():
         assert layer.weight is before[f"{name}.weight"]
         assert layer.scores.shape == layer.weight.shape and layer.scores.requires_grad
-    assert model.mask_config is cfg
+    assert model.mask_configs["default"] is cfg and model.mask_config is cfg
     with pytest.raises(ValueError, match="already masked"):
         mask_model(model, cfg)
 
@@ -443,15 +444,16 @@ def test_supported_architectures_have_all_six_modules():
 # --------------------------------------------------------------------------- freezing and sharing
 
 def test_only_scores_train_and_weights_are_shared():
-    model = build_model("minilm", "sequence", ["neg", "pos"])
+    wrapper = build_model("minilm", "sequence", ["neg", "pos"])
+    model = wrapper.get_base_model()  # parameter names as in transformers (and in mask files)
     params_before = dict(model.named_parameters())
     ptr_before = {n: p.data_ptr() for n, p in params_before.items()}
     bytes_before = sum(p.numel() * p.element_size() for p in model.parameters()) + \
         sum(b.numel() * b.element_size() for b in model.buffers())
     n_before = len(list(model.parameters()))
 
-    mask_model(model)
-    layers = masked_layers(model)
+    mask_model(wrapper)
+    layers = masked_layers(wrapper)
     # Paper preset on MiniLM (6 blocks): blocks 2-5 x 6 linears + pooler + classifier.
     assert len(layers) == 4 * 6 + 2
     assert list(layers)[-2:] == ["bert.pooler.dense", "classifier"]

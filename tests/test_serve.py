@@ -2,8 +2,8 @@
 
 Mask files are made without training: random fixed masks on the real base (different
 seeds, sparsities and layer sets per task), saved with ``save_masks``. The reference
-answers come from the single-task path, ``maskfit.load_task_model`` + forward, on the
-same batches.
+answers come from the single-task path, ``maskfit.load_task_model`` +
+``maskfit.engine.predict_outputs``, on the same batches.
 """
 from __future__ import annotations
 
@@ -19,12 +19,16 @@ import httpx
 import pytest
 import torch
 
+import numpy as np
+
 from maskfit import MaskConfig, MaskfileError, build_model, load_task_model, load_tokenizer, mask_model, save_masks
-from maskfit.data import collate, encode, read_arc, read_conll2003, read_mrpc, read_sst2
+from maskfit.data import read_arc, read_conll2003, read_mrpc, read_sst2
+from maskfit.engine import predict_outputs
 from maskfit.maskfile import read_maskfile, unpack_bits
-from maskfit.masking import target_names
-from maskfit.serve import MultiTaskModel, create_app, format_predictions, forward_logits
-from maskfit.serve.multitask import InputError, InputTooLongError, UnknownTaskError, to_examples, unpack_mask
+from maskfit.masking import MaskedLinear, target_names
+from maskfit.serve import MultiTaskModel, create_app
+from maskfit.serve.multitask import InputError, InputTooLongError, UnknownTaskError
+from maskfit.tasktypes import task_type
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NER = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
@@ -79,12 +83,13 @@ def setup(tmp_path_factory):
     reference = {}
     for name, (tt, labels, _, _) in SPECS.items():
         model = load_task_model(files[name])
+        kind = task_type(tt)
         for b, batch_inputs in enumerate(inputs[name]):
-            examples = to_examples(tt, batch_inputs)
-            batch = collate(encode(tt, examples, tok, labels, 512), tok.pad_token_id)
-            with torch.no_grad():
-                logits = forward_logits(model, tt, batch)
-            reference[name, b] = (logits, format_predictions(tt, labels, logits, batch, examples))
+            examples = kind.parse(batch_inputs)
+            feats = kind.encode(examples, tok, labels or None, 512)
+            outputs = [o for _, o in predict_outputs(model, kind, feats, tok.pad_token_id, labels or None,
+                                                     batch_size=64, order="input")]
+            reference[name, b] = (outputs, [kind.answer(o, labels or None, ex) for o, ex in zip(outputs, examples)])
         del model
     return {"dir": d, "files": files, "inputs": inputs, "reference": reference}
 
@@ -116,8 +121,9 @@ def test_interleaved_answers_equal_single_task_answers_exactly(setup, mt, strate
         if step % 2:
             assert mt.predict(name, inputs) == ref_answers, (strategy, name, b)
         else:
-            (logits,) = mt.logits(name, inputs)
-            assert torch.equal(logits, ref_logits), (strategy, name, b)
+            outputs = mt.outputs(name, inputs)
+            assert len(outputs) == len(ref_logits)
+            assert all(np.array_equal(o, r) for o, r in zip(outputs, ref_logits)), (strategy, name, b)
     if strategy == "cache":
         hits, evictions = (mt.stats[k] - before[k] for k in ("cache_hits", "evictions"))
         assert evictions > 0 if budget == 1 else hits > 0 and evictions == 0
@@ -135,28 +141,30 @@ def test_tasks_share_one_base_and_keep_masks_packed(setup, mt):
     for name, (tt, labels, _, _) in SPECS.items():
         mf = read_maskfile(setup["files"][name])
         task = mt._tasks[name]
-        assert task.packed.dtype == torch.uint8
+        assert all(isinstance(m, MaskedLinear) and m.packed(name).dtype == torch.uint8 for m in task.layers.values())
         assert info[name]["mask_bytes"] == sum((m.numel() + 7) // 8 for m in mf.masks.values())
         assert info[name]["type"] == tt and info[name]["base"] == "minilm"
         assert info[name]["labels"] == (labels or None)
         assert abs(info[name]["sparsity"] - mf.meta["sparsity"]) < 1e-12
         for layer in task.layers:  # the fast unpacking equals the file format's
-            assert torch.equal(task.mask(layer), mf.masks[layer.name])
+            assert torch.equal(task.mask(layer), mf.masks[layer])
     before = w.clone()
     mt.predict("sst", setup["inputs"]["sst"][0])
     mt.predict("ner", setup["inputs"]["ner"][0])
     assert torch.equal(w, before)  # the pristine W is never written
 
 
-def test_unpack_mask_matches_maskfile_format():
+def test_unpack_bits_fast_path_matches_the_torch_path():
     g = torch.Generator().manual_seed(0)
     from maskfit.maskfile import pack_bits
 
     for shape in [(3, 5), (8, 8), (1, 13), (7,)]:
         m = torch.rand(shape, generator=g) > 0.5
         packed = pack_bits(m)
-        assert torch.equal(unpack_mask(packed, shape), m)
-        assert torch.equal(unpack_mask(packed, shape), unpack_bits(packed, shape))
+        assert torch.equal(unpack_bits(packed, shape), m)  # numpy on the CPU
+        shifts = torch.arange(8, dtype=torch.uint8)  # the device path, written out
+        bits = ((packed.reshape(-1, 1) >> shifts) & 1).reshape(-1)[:m.numel()].bool().view(*shape)
+        assert torch.equal(bits, m)
 
 
 def test_register_refuses_other_base_and_bad_names(setup, mt, tiny_bert_config):

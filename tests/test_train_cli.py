@@ -41,7 +41,7 @@ def test_train_eval_predict_round_trip(kind, method, tmp_path, capsys):
     rc, stdout, err = run_cli(["train", "--task", task, "--method", method, "--out", out, "--epochs", "1",
                                "--lr", "1e-3" if method == "mask" else "5e-5", "--pooling", pooling, *FAST], capsys)
     assert rc == 0, err
-    assert load_run(out).model().maskfit_pooling == pooling  # eval, predict and serve rebuild the same head
+    assert load_run(out).model().pooling == pooling  # eval, predict and serve rebuild the same head
     assert f"{task}: best dev" in stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["completed"] and len(metrics["epochs"]) == 1 and metrics["n_train"] == 16
@@ -73,10 +73,10 @@ def test_train_eval_predict_round_trip(kind, method, tmp_path, capsys):
         assert len(preds[0]["tags"]) == len(inputs["text"][0].split())
         assert set(preds[0]["tags"]) <= set(info["labels"])
     elif kind.startswith("choice"):
-        assert 0 <= preds[0]["choice"] < 4 and sum(preds[0]["probs"]) == pytest.approx(1, abs=1e-5)
+        assert 0 <= preds[0]["choice"] < 4 and sum(preds[0]["probabilities"]) == pytest.approx(1, abs=1e-5)
     else:
         assert preds[0]["label"] in info["labels"]
-        assert sum(preds[0]["probs"].values()) == pytest.approx(1, abs=1e-5)
+        assert sum(preds[0]["probabilities"].values()) == pytest.approx(1, abs=1e-5)
 
 
 def test_finetune_trains_every_weight_and_mask_trains_none(tmp_path):
@@ -117,7 +117,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
 
     with pytest.raises(Interrupt):
         fit(task, "minilm", tmp_path / "resumed", args, callbacks=[stop_after_first], progress=False)
-    assert (tmp_path / "resumed" / "checkpoint" / "state.pt").exists()
+    assert (tmp_path / "resumed" / "checkpoint" / "progress.json").exists()
     assert not (tmp_path / "resumed" / "metrics.json").exists()
     run_file = tmp_path / "resumed" / "run.json"  # written by a version without --pooling: still resumable
     info = json.loads(run_file.read_text())

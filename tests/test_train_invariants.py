@@ -21,7 +21,9 @@ def trained(sst2_batch):
     model = build_model("minilm", "sequence", ["0", "1"])
     mask_model(model)
     model.train()  # dropout on, as in real training
-    frozen = {n: _bits(t) for n, t in model.state_dict(keep_vars=True).items() if not n.endswith(".scores")}
+    # names as in transformers (the MaskfitModel wrapper prefixes them with "model.")
+    frozen = {n: _bits(t) for n, t in model.get_base_model().state_dict(keep_vars=True).items()
+              if not n.endswith(".scores")}
     scores0 = {n: m.scores.detach().clone() for n, m in masked_layers(model).items()}
     masks0 = {n: m.clone() for n, m in binary_masks(model).items()}
     fp0 = fingerprint(model)
@@ -42,7 +44,7 @@ def trained(sst2_batch):
 
 def test_frozen_tensors_are_bit_identical(trained):
     model, frozen = trained["model"], trained["frozen"]
-    state = model.state_dict(keep_vars=True)
+    state = model.get_base_model().state_dict(keep_vars=True)
     # The check covers every kind of frozen tensor, head included.
     for must in ("bert.embeddings.word_embeddings.weight", "bert.embeddings.position_embeddings.weight",
                  "bert.embeddings.LayerNorm.weight", "bert.embeddings.LayerNorm.bias",

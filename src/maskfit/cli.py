@@ -48,8 +48,59 @@ def _get_task(info: dict):
     return get_task(info.pop("name"), **info)
 
 
+def _tuple(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def add_dataclass_flags(parser, cls, *, skip: tuple[str, ...] = (), title: str | None = None) -> None:
+    """One ``--flag`` per field of dataclass ``cls`` that has ``metadata["help"]``: the defaults,
+    types, choices and help live on the dataclass only. ``bool`` fields true by default become
+    ``--no-<name>``; tuples are comma-separated."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(title) if title else parser
+    for f in dataclasses.fields(cls):
+        if f.name in skip or "help" not in f.metadata:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kinds = [t for t in typing.get_args(hints[f.name]) if t is not type(None)] or [hints[f.name]]
+        kind = typing.get_origin(kinds[0]) or kinds[0]
+        flag = f.name.replace("_", "-")
+        help_text = f.metadata["help"]
+        if kind is bool:
+            name = f"--no-{flag}" if default else f"--{flag}"
+            group.add_argument(name, dest=f.name, action="store_false" if default else "store_true", help=help_text)
+            continue
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        if shown not in (None, "", ()) and "default:" not in help_text:
+            help_text += f" (default: {shown})"
+        group.add_argument(f"--{flag}", dest=f.name, default=default, help=help_text,
+                           type=_tuple if kind is tuple else kind, choices=f.metadata.get("choices"))
+
+
+def dataclass_from_flags(cls, namespace, **overrides):
+    """An instance of ``cls`` from the parsed flags that name its fields."""
+    import dataclasses
+
+    kwargs = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if hasattr(namespace, f.name)}
+    return cls(**{**kwargs, **overrides})
+
+
+def add_device_flags(p: argparse.ArgumentParser, precision: bool = True) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
+    if precision:
+        p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default=None,
+                       help="autocast precision (default: the run's, where this device has it; else auto)")
+    p.add_argument("--threads", type=int, help="torch intra-op CPU threads (default: torch's choice; on a shared "
+                   "machine 1 thread per process avoids OpenMP stalls)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .masking import MaskConfig
+    from .train import TrainArgs
 
     parser = argparse.ArgumentParser(prog="maskfit", description="Adapt frozen pretrained encoders by learning "
                                      "1-bit masks over their weights (Zhao et al., EMNLP 2020).")
@@ -59,34 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     # train
     p = sub.add_parser("train", help="train masks (or finetune) on a task, keep the best dev epoch",
                        description="Train on a task's train split, evaluate on dev after every epoch, keep the best "
-                       "epoch, stop early, and resume an interrupted run when the same command is run again.")
+                       "epoch, stop early, and resume an interrupted run when the same command is run again. Runs on "
+                       "one device, or on several processes under torchrun / accelerate launch.")
     _add_task_args(p)
     p.add_argument("--model", default="minilm", help="minilm, mpnet, a local model folder or a hub id (default: minilm)")
-    p.add_argument("--method", choices=("mask", "finetune"), default="mask")
     p.add_argument("--out", required=True, help="run directory to write (and resume from)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default: the task's paper lr for the method)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--patience", type=int, default=2, help="early stopping: epochs without dev gain (0: off)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                   help="auto: bf16 autocast where the CPU has native bf16 (AMX / AVX512-BF16), else fp32")
-    p.add_argument("--schedule", choices=("linear", "constant"), default="linear")
-    p.add_argument("--warmup-ratio", type=float, default=0.0)
-    p.add_argument("--limit-train", type=int, help="train on a seeded random subset of N examples")
-    p.add_argument("--limit-eval", type=int, help="evaluate on the first N dev examples")
-    p.add_argument("--pooling", choices=("cls", "mean"), default="cls",
-                   help="what sentence and choice heads read: the first token (cls, the paper) or the mean of "
-                        "all tokens (mean: how sentence-transformer bases such as minilm and mpnet were trained)")
-    m = p.add_argument_group("masking (method mask)")
-    m.add_argument("--init-sparsity", type=float, default=0.05, help="fraction of zeros at start (default 0.05)")
-    m.add_argument("--threshold", type=float, default=5e-3, help="τ (default 5e-3)")
-    m.add_argument("--init-scale", type=float, default=2e-2, help="width of the initial score range (default 2e-2)")
-    m.add_argument("--blocks", help="blocks to mask: '2-11', '0,3,5-7', 'all' (default: all but the two lowest)")
-    m.add_argument("--modules", default="q,k,v,ao,i,o", help="linears to mask in each block (default: all six)")
-    m.add_argument("--no-mask-pooler", action="store_true", help="leave the pooler unmasked (frozen)")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice; on a shared "
+    add_dataclass_flags(p, TrainArgs, title="training")
+    add_dataclass_flags(p, MaskConfig, skip=("seed",), title="masking (method mask)")
+    p.add_argument("--threads", type=int, help="torch intra-op CPU threads (default: torch's choice; on a shared "
                    "machine 1 thread per process avoids OpenMP stalls)")
     p.add_argument("--overwrite", action="store_true", help="discard an existing run in --out and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -98,13 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("dev", "test", "train"), default="dev")
     p.add_argument("--limit", type=int, help="first N examples only")
     p.add_argument("--batch-size", type=int, default=64)
+    add_device_flags(p)
     p.set_defaults(func=cmd_eval)
 
     # predict
     p = sub.add_parser("predict", help="predict with a run's best model",
                        description="Input: --text (repeatable), or --input FILE: .jsonl with objects "
                        "{text[, text_pair]} / {words} / {context, choices}, or plain text, one input per line "
-                       "(tab between a pair; words split on spaces for tagging). Output: JSON lines.")
+                       "(tab between a pair; words split on spaces for tagging). Output: JSON lines, each the "
+                       "input with the answer the server gives (label and probabilities, tags, or choice).")
     p.add_argument("--run", required=True)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="input file (.jsonl or text lines)")
@@ -113,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--choice", action="append", help="an option for a multiple-choice --text (repeatable)")
     p.add_argument("--output", help="write JSON lines here instead of stdout")
     p.add_argument("--batch-size", type=int, default=64)
+    add_device_flags(p)
     p.set_defaults(func=cmd_predict)
 
     # serve
@@ -125,9 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=("cache", "merge", "masked"), default="cache",
                    help="how a request's task gets its weights (see docs/serving.md; default cache)")
     p.add_argument("--cache-budget-mb", type=float, help="memory for cached merged weights (default 1024)")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--max-inputs", type=int, default=64, help="most inputs in one request (more: 413)")
     p.add_argument("--max-length", type=int, default=512, help="longest input in tokens (longer: 413)")
+    add_device_flags(p, precision=False)
     p.set_defaults(func=cmd_serve)
 
     # ensemble
@@ -136,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("labels", "logits", "probs"), default="probs")
     p.add_argument("--split", choices=("dev", "test"), default=None, help="default: the task's eval split")
     p.add_argument("--limit", type=int)
+    add_device_flags(p)
     p.set_defaults(func=cmd_ensemble)
 
     # memory
@@ -160,28 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _mask_config(a):
-    from .masking import MaskConfig
-
-    return MaskConfig(init_sparsity=a.init_sparsity, threshold=a.threshold, init_scale=a.init_scale,
-                      blocks=a.blocks, modules=tuple(x.strip() for x in a.modules.split(",") if x.strip()),
-                      mask_pooler=not a.no_mask_pooler, seed=a.seed)
-
-
 def cmd_train(a) -> int:
-    import torch
-
+    from .masking import MaskConfig
+    from .runtime import set_threads
     from .train import TrainArgs, fit
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    set_threads(a.threads)
+    args = dataclass_from_flags(TrainArgs, a)
+    cfg = dataclass_from_flags(MaskConfig, a, seed=a.seed) if args.method == "mask" else None
     info = _task_info(a)
     task = _get_task(info)
-    args = TrainArgs(method=a.method, lr=a.lr, epochs=a.epochs, patience=a.patience, batch_size=a.batch_size,
-                     max_length=a.max_length, seed=a.seed, precision=a.precision, limit_train=a.limit_train,
-                     limit_eval=a.limit_eval, schedule=a.schedule, warmup_ratio=a.warmup_ratio,
-                     pooling=a.pooling)
-    cfg = _mask_config(a) if a.method == "mask" else None
     try:
         result = fit(task, a.model, a.out, args, mask_config=cfg, overwrite=a.overwrite, progress=not a.quiet,
                      task_info=info)
@@ -190,16 +213,44 @@ def cmd_train(a) -> int:
               file=sys.stderr)
         return 130
     m = result.metrics
-    line = f"{m['task']}: best dev {m['metric']} {m['best_score']:.4f} at epoch {m['best_epoch']}"
-    if "test_score" in m:
-        line += f", test {m['test_score']:.4f}"
-    print(line + f" ({m['wall_time_s']:.0f} s, {m['train_examples_per_s']:.1f} train ex/s) -> {a.out}")
+    if _is_main():
+        line = f"{m['task']}: best dev {m['metric']} {m['best_score']:.4f} at epoch {m['best_epoch']}"
+        if "test_score" in m:
+            line += f", test {m['test_score']:.4f}"
+        print(line + f" ({m['wall_time_s']:.0f} s, {m['train_examples_per_s']:.1f} train ex/s) -> {a.out}")
     return 0
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _engine(a, run=None):
+    """The engine of an inference command. Its default precision is the run's where this device
+    would choose it natively (so ``eval`` reproduces the recorded score), else fp32."""
+    from .engine import Engine
+    from .runtime import resolve_device, resolve_precision, set_threads
+
+    set_threads(getattr(a, "threads", None))
+    precision = a.precision
+    if precision is None:
+        recorded = (run.info.get("precision") if run is not None else None) or "fp32"
+        native = resolve_precision("auto", resolve_device(a.device))
+        precision = recorded if recorded == native else "fp32"
+    return Engine(a.device, precision)
+
+
+def _outputs(engine, run, model, examples, batch_size: int):
+    from .tasktypes import task_type
+
+    kind, tok = task_type(run.task_type), run.tokenizer
+    feats = kind.encode(examples, tok, run.labels, run.max_length)
+    return engine.predict(model, kind, feats, tok.pad_token_id, run.labels, batch_size=batch_size)
 
 
 def cmd_eval(a) -> int:
     from .run import load_run
-    from .train import evaluate, use_bf16
+    from .tasktypes import task_type
 
     run = load_run(a.run)
     task = run.task
@@ -207,11 +258,16 @@ def cmd_eval(a) -> int:
     if split == "dev" and not task.has_split("dev"):
         split = task.eval_split
     examples = task.load(split)[: a.limit] if a.limit else task.load(split)
-    bf16 = run.info.get("precision") == "bf16" and use_bf16("auto")
-    score, _ = evaluate(run.model(), task, run.tokenizer, examples, run.info["max_length"], a.batch_size, bf16)
-    out = {"run": str(a.run), "task": task.name, "split": split, "metric": task.metric, "score": score,
-           "n": len(examples)}
-    print(json.dumps(out))
+    engine = _engine(a, run)
+    try:
+        outputs = _outputs(engine, run, run.model(device=engine.device), examples, a.batch_size)
+        score, _ = task_type(run.task_type).score(task.metric, outputs, examples, run.labels)
+    finally:
+        engine.end()
+    if engine.is_main:
+        print(json.dumps({"run": str(a.run), "task": task.name, "split": split, "metric": task.metric,
+                          "score": score, "n": len(examples), "device": str(engine.device),
+                          "precision": engine.precision}))
     return 0
 
 
@@ -253,35 +309,25 @@ def _read_inputs(a, task_type: str) -> list:
 
 
 def cmd_predict(a) -> int:
-    import numpy as np
-
-    from .data import ChoiceExample, SequenceExample, TaggingExample
-    from .data.encode import encode
     from .run import load_run
-    from .train import predict_features
+    from .tasktypes import task_type
 
     run = load_run(a.run)
-    ttype, labels = run.info["task_type"], run.info["labels"]
-    inputs = _read_inputs(a, ttype)
-    if ttype == "sequence":
-        exs = [SequenceExample(o["text"], o.get("text_pair")) for o in inputs]
-    elif ttype == "tagging":
-        exs = [TaggingExample(list(o["words"])) for o in inputs]
-    else:
-        exs = [ChoiceExample(o.get("context", ""), list(o["choices"])) for o in inputs]
-    tok = run.tokenizer
-    feats = encode(ttype, exs, tok, labels if ttype != "choice" else None, run.info["max_length"])
-    raw = predict_features(run.model(), ttype, feats, tok.pad_token_id, a.batch_size)
-    out = open(a.output, "w") if a.output else sys.stdout
+    kind = task_type(run.task_type)
+    inputs = _read_inputs(a, run.task_type)
+    examples = kind.parse(inputs)
+    engine = _engine(a, run)
     try:
-        for obj, r in zip(inputs, raw):
-            if ttype == "sequence":
-                rec = {**obj, "label": labels[int(np.argmax(r))], "probs": dict(zip(labels, map(float, r)))}
-            elif ttype == "tagging":
-                rec = {"words": obj["words"], "tags": [labels[i] for i in r]}
-            else:
-                rec = {**obj, "choice": int(np.argmax(r)), "probs": [float(x) for x in r]}
-            out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        outputs = _outputs(engine, run, run.model(device=engine.device), examples, a.batch_size)
+    finally:
+        engine.end()
+    if not engine.is_main:
+        return 0
+    out = open(a.output, "w", encoding="utf-8") if a.output else sys.stdout
+    try:
+        for obj, ex, o in zip(inputs, examples, outputs):
+            answer = kind.answer(o, run.labels, ex)
+            out.write(json.dumps({**obj, **answer}, ensure_ascii=False) + "\n")
     finally:
         if a.output:
             out.close()
@@ -300,15 +346,18 @@ def cmd_serve(a) -> int:
         tasks[name] = path
     budget = int(a.cache_budget_mb * 2**20) if a.cache_budget_mb is not None else None
     serve(a.model, tasks, host=a.host, port=a.port, strategy=a.strategy, cache_budget_bytes=budget,
-          max_inputs=a.max_inputs, max_length=a.max_length, threads=a.threads)
+          max_inputs=a.max_inputs, max_length=a.max_length, threads=a.threads, device=a.device)
     return 0
 
 
 def cmd_ensemble(a) -> int:
     from .ensemble import ensemble_runs
+    from .runtime import set_threads
 
-    result = ensemble_runs(a.run, a.method, a.split, limit=a.limit)
-    print(json.dumps(result, indent=2))
+    set_threads(a.threads)
+    result = ensemble_runs(a.run, a.method, a.split, limit=a.limit, device=a.device, precision=a.precision or "fp32")
+    if _is_main():
+        print(json.dumps(result, indent=2))
     return 0
 
 

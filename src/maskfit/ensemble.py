@@ -15,8 +15,8 @@ An argmax over exactly equal scores picks the lowest class index (``numpy.argmax
 
 :func:`ensemble_runs` is what ``maskfit ensemble`` calls: it loads each run
 (:func:`maskfit.run.load_run`; mask runs through :func:`maskfit.load_task_model`),
-predicts the evaluation split with the same batching as ``maskfit eval``, scores each
-member and the ensemble with the task's metric, and returns a dict.
+predicts the evaluation split through the engine with the same batching as ``maskfit
+eval``, scores each member and the ensemble with the task type's scoring, and returns a dict.
 """
 from __future__ import annotations
 
@@ -88,75 +88,42 @@ def ensemble(arrays: Sequence, method: str = "labels", given: str = "logits") ->
 # --------------------------------------------------------------------------- runs
 
 
-def _item_logits(model, task_type: str, examples: list, tokenizer, labels, max_length: int,
-                 batch_size: int = 64) -> np.ndarray:
-    """Per-item logits: (n_examples, C) for sequence / choice, (n_words, C) for tagging.
-
-    Batches are the same as :func:`maskfit.train.predict_features` (length-sorted,
-    ``batch_size``), so member scores match ``maskfit eval``. A tagging word lost to
-    truncation gets a row of zeros with 1.0 at the fallback tag ("O" or label 0).
-    """
-    import torch
-
-    from .data.encode import bucket_batches, collate, encode, feature_length, split_batch
-    from .train import task_logits
-
-    feats = encode(task_type, examples, tokenizer, list(labels) if labels else None, max_length)
-    per_example: list = [None] * len(feats)
-    model.eval()
-    with torch.no_grad():
-        for idx in bucket_batches([feature_length(f) for f in feats], batch_size, shuffle=False):
-            inputs, meta = split_batch(collate([feats[i] for i in idx], tokenizer.pad_token_id))
-            logits = task_logits(model, task_type, inputs, meta).numpy()
-            for j, i in enumerate(idx):
-                if task_type != "tagging":
-                    per_example[i] = logits[j][None, :]
-                    continue
-                n_words, c = int(meta["n_words"][j]), logits.shape[-1]
-                fill = list(labels).index("O") if "O" in labels else 0
-                rows = np.zeros((n_words, c), dtype=np.float32)
-                rows[:, fill] = 1.0
-                for t, w in enumerate(meta["word_index"][j].tolist()):
-                    if w >= 0:
-                        rows[w] = logits[j, t]
-                per_example[i] = rows
-    if task_type == "choice":  # examples may have different numbers of choices
-        width = max(r.shape[1] for r in per_example)
-        per_example = [np.pad(r, ((0, 0), (0, width - r.shape[1])), constant_values=-np.inf) for r in per_example]
-    return np.concatenate(per_example) if per_example else np.zeros((0, 0))
+def item_rows(outputs: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-example outputs (see :mod:`maskfit.tasktypes`) → one row per item: an example of a
+    sequence or choice task, a word of a tagging task. Choice rows are padded with ``-inf``."""
+    rows = [np.atleast_2d(o) for o in outputs]
+    width = max((r.shape[1] for r in rows), default=0)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1])), constant_values=-np.inf) if r.shape[1] < width else r
+            for r in rows]
+    return np.concatenate(rows) if rows else np.zeros((0, 0))
 
 
-def _score(task, flat_preds: np.ndarray, examples: list) -> tuple[float, list]:
-    from .metrics import compute_metric
-
-    if task.type == "tagging":
-        labels = list(task.labels)
-        preds, k = [], 0
-        for ex in examples:
-            preds.append([labels[int(p)] for p in flat_preds[k:k + len(ex.words)]])
-            k += len(ex.words)
-        golds = [ex.tags for ex in examples]
-    elif task.type == "choice":
-        preds = [int(p) for p in flat_preds]
-        golds = [ex.label for ex in examples]
-    else:
-        labels = list(task.labels)
-        preds = [labels[int(p)] for p in flat_preds]
-        golds = [ex.label for ex in examples]
-    return compute_metric(task.metric, preds, golds), preds
+def outputs_of(item_predictions: np.ndarray, like: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Predicted classes per item → one-hot outputs shaped like ``like`` (so a TaskType can score them)."""
+    out, k = [], 0
+    for o in like:
+        n = 1 if o.ndim == 1 else o.shape[0]
+        hot = np.eye(o.shape[-1], dtype=np.float32)[item_predictions[k:k + n]]
+        out.append(hot.reshape(o.shape))
+        k += n
+    return out
 
 
 def ensemble_runs(run_dirs: Sequence[str | os.PathLike], method: str = "labels", split: str | None = None,
-                  data_dir: str | os.PathLike | None = None, batch_size: int = 64, limit: int | None = None) -> dict:
+                  data_dir: str | os.PathLike | None = None, batch_size: int = 64, limit: int | None = None,
+                  device: str = "cpu", precision: str = "fp32") -> dict:
     """Score each run and their ensemble on ``split`` (default: the task's eval split).
 
     All runs must be of the same task (same task arguments, type and labels); they
     may differ in seed, method or base model. ``limit`` keeps the first N examples.
-    Returns ``{"task", "split", "metric", "method", "n_examples", "members": [{"run",
-    "method", "model", "score"}], "member_mean", "member_best", "ensemble"}``.
+    Members are predicted by the engine on ``device`` with the batching of ``maskfit
+    eval``. Returns ``{"task", "split", "metric", "method", "n_examples", "members":
+    [{"run", "method", "model", "score"}], "member_mean", "member_best", "ensemble"}``.
     """
+    from .engine import Engine
     from .run import load_run
     from .tasks import get_task
+    from .tasktypes import task_type
 
     if method not in METHODS:
         raise RunError(f"unknown ensemble method {method!r}; choose from {', '.join(METHODS)}")
@@ -179,25 +146,26 @@ def ensemble_runs(run_dirs: Sequence[str | os.PathLike], method: str = "labels",
         examples = examples[:limit]
     if not examples:
         raise RunError(f"task {name}: the {split} split is empty")
-    if task.type == "tagging" and any(ex.tags is None for ex in examples) or \
-            task.type != "tagging" and any(ex.label is None for ex in examples):
+    kind, labels = task_type(task.type), (list(task.labels) if task.type != "choice" else None)
+    if any(g is None for g in kind.golds(examples)):
         raise RunError(f"task {name}: the {split} split is not labelled; ensembles are scored on a labelled split")
-    labels = list(task.labels) if task.type != "choice" else None
-    arrays, members = [], []
-    for r in runs:
-        model = r.model()
-        logits = _item_logits(model, task.type, examples, r.tokenizer, labels,
-                              int(r.info.get("max_length") or 128), batch_size)
-        del model
-        arrays.append(logits)
-        score, _ = _score(task, logits.argmax(-1), examples)
-        members.append({"run": str(r.path), "method": r.info.get("method"), "model": r.info.get("model"),
-                        "score": score})
-    if task.type == "choice":
-        width = max(a.shape[1] for a in arrays)
-        arrays = [np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=-np.inf) for a in arrays]
+    engine = Engine(device, precision)
+    try:
+        arrays, members, outputs = [], [], None
+        for r in runs:
+            feats = kind.encode(examples, r.tokenizer, labels, r.max_length)
+            outputs = engine.predict(r.model(device=engine.device), kind, feats, r.tokenizer.pad_token_id, labels,
+                                     batch_size=batch_size)
+            score, _ = kind.score(task.metric, outputs, examples, labels)
+            arrays.append(item_rows(outputs))
+            members.append({"run": str(r.path), "method": r.info.get("method"), "model": r.info.get("model"),
+                            "score": score})
+    finally:
+        engine.end()
+    width = max(a.shape[1] for a in arrays)
+    arrays = [np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=-np.inf) for a in arrays]
     preds = ensemble(arrays, method=method, given="logits")
-    score, _ = _score(task, preds, examples)
+    score, _ = kind.score(task.metric, outputs_of(preds, outputs), examples, labels)
     scores = [m["score"] for m in members]
     return {"task": name, "split": split, "metric": task.metric, "method": method, "n_examples": len(examples),
             "members": members, "member_mean": float(np.mean(scores)), "member_best": float(np.max(scores)),

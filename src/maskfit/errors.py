@@ -19,3 +19,7 @@ class MaskfileError(MaskfitError):
 
 class RunError(MaskfitError):
     """A run directory is missing or incomplete."""
+
+
+class ConfigError(MaskfitError, ValueError):
+    """An option that cannot work here: an unknown or absent device, a precision the device lacks, a bad value."""

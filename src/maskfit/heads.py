@@ -12,21 +12,17 @@ from pathlib import Path
 import torch
 import transformers
 from torch import nn
-from transformers import (AutoConfig, AutoModelForMultipleChoice, AutoModelForSequenceClassification,
-                          AutoModelForTokenClassification, AutoTokenizer)
+from transformers import AutoConfig, AutoTokenizer
 
 from .errors import ModelError
+from .masking.apply import unwrap
 from .masking.targets import architecture_for
+from .model import MaskfitModel
 from .models import resolve_model
+from .tasktypes import TASK_TYPES, task_type as get_task_type
 
-TASK_TYPES = ("sequence", "tagging", "choice")
 POOLINGS = ("cls", "mean")
-
-HEAD_CLASSES = {
-    "sequence": AutoModelForSequenceClassification,
-    "tagging": AutoModelForTokenClassification,
-    "choice": AutoModelForMultipleChoice,
-}
+HEAD_CLASSES = {name: t.auto_model for name, t in TASK_TYPES.items()}
 
 # Heads whose pre-classifier is a fresh dense layer of the pooler's shape: we start it
 # from the checkpoint's pooler, so every architecture has a pretrained W_P as in BERT.
@@ -56,54 +52,70 @@ def load_tokenizer(model_name: str):
 
 def check_head(task_type: str, pooling: str = "cls") -> None:
     """Refuse an unknown task type or pooling, or a pooling the task type cannot use."""
-    if task_type not in HEAD_CLASSES:
-        raise ModelError(f"unknown task type '{task_type}'; expected one of {', '.join(TASK_TYPES)}")
+    kind = get_task_type(task_type)
     if pooling not in POOLINGS:
         raise ModelError(f"unknown pooling '{pooling}'; expected one of {', '.join(POOLINGS)}")
-    if pooling != "cls" and task_type == "tagging":
+    if pooling not in kind.poolings:
         raise ModelError(f"--pooling {pooling} applies to sentence and choice tasks; tagging heads read every token")
 
 
-def build_model(model_name: str, task_type: str, labels: list[str] | tuple[str, ...], seed: int = 0,
-                config=None, pooling: str = "cls") -> nn.Module:
-    """The pretrained encoder ``model_name`` with a random head for ``task_type``.
+def _set_dropout(config, p: float) -> None:
+    """Every dropout probability of a transformers config (hidden, attention, classifier) → ``p``."""
+    for key, value in list(vars(config).items()):
+        if key.endswith(("dropout", "dropout_prob")) and (value is None or isinstance(value, (int, float))):
+            setattr(config, key, float(p))
+
+
+def build_model(model_name: str, task_type: str, labels=None, seed: int = 0, config=None, pooling: str = "cls",
+                dropout: float | None = None, device=None) -> MaskfitModel:
+    """The pretrained encoder ``model_name`` with a random head for ``task_type``, as a :class:`MaskfitModel`.
 
     The head is initialised from ``seed`` (so it is reproducible and can be stored in
     a mask file). With ``config`` (a transformers config) the model is built with
     random weights instead of loading a checkpoint, used for tests on true shapes.
     ``pooling`` is what sequence and choice heads read: ``cls`` (the paper: the first
     token) or ``mean`` (see :class:`MeanPooling`); tagging heads read every token.
+    ``dropout`` replaces every dropout probability of the checkpoint's config (``None``:
+    keep them). ``device`` is where the model is put (default: the CPU).
     """
     check_head(task_type, pooling)
-    labels = list(labels)
+    labels = list(labels) if labels is not None and task_type != "choice" else None
+    if task_type != "choice" and not labels:
+        raise ModelError(f"a {task_type} head needs its labels")
     head_kwargs = {}
-    if task_type != "choice":
+    if labels is not None:
         head_kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
                        "label2id": {l: i for i, l in enumerate(labels)}}
     cls = HEAD_CLASSES[task_type]
     torch.manual_seed(seed)
+    copied = False
     if config is not None:
         for k, v in head_kwargs.items():
             setattr(config, k, v)
+        if dropout is not None:
+            _set_dropout(config, dropout)
         model = cls.from_config(config)
     else:
         path = resolve_model(model_name)
         try:
-            model = cls.from_pretrained(path, **head_kwargs)
+            cfg = AutoConfig.from_pretrained(path, **head_kwargs)
+            if dropout is not None:
+                _set_dropout(cfg, dropout)
+            model = cls.from_pretrained(path, config=cfg)
         except (OSError, ValueError) as e:
             raise ModelError(f"could not load model '{model_name}': {str(e).splitlines()[0]}") from None
-        _pooler_into_pre_classifier(model, path)
-    model.maskfit_base = model_name
-    model.maskfit_task_type = task_type
-    set_pooling(model, pooling)
-    return model
+        copied = _pooler_into_pre_classifier(model, path)
+    wrapped = MaskfitModel(model, model_name, task_type, labels, pooling, pooler_copied=copied)
+    set_pooling(wrapped, pooling)
+    return wrapped.to(device) if device is not None else wrapped
 
 
 def set_pooling(model: nn.Module, pooling: str) -> None:
     """Make ``model``'s head read ``pooling`` (hooks on its current encoder module)."""
-    model.maskfit_pooling = pooling
+    if isinstance(model, MaskfitModel):
+        model.pooling = pooling
     if pooling == "mean":
-        MeanPooling(model)
+        MeanPooling(unwrap(model))
 
 
 class MeanPooling:
@@ -156,21 +168,22 @@ class MeanPooling:
         return output
 
 
-def _pooler_into_pre_classifier(model: nn.Module, path: str) -> None:
+def _pooler_into_pre_classifier(model: nn.Module, path: str) -> bool:
+    """Start a RoBERTa/MPNet pre-classifier from the checkpoint's pooler; True when it was."""
     target = POOLER_INTO_PRE_CLASSIFIER.get(model.config.model_type)
     if target is None:
-        return
+        return False
     try:
         dense = model.get_submodule(target)
     except AttributeError:
-        return
+        return False
     pooler = _checkpoint_tensors(path, ("pooler.dense.weight", "pooler.dense.bias"))
     if pooler is None or pooler[0].shape != dense.weight.shape:
-        return
+        return False
     with torch.no_grad():
         dense.weight.copy_(pooler[0])
         dense.bias.copy_(pooler[1])
-    model.maskfit_pooler_copied = True
+    return True
 
 
 def _checkpoint_tensors(path: str, names: tuple[str, ...]):
@@ -193,9 +206,11 @@ def random_head_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     base model, except a pre-classifier that :func:`build_model` starts from the
     checkpoint's pooler (it is rebuilt from the base on load).
     """
+    copied = getattr(model, "pooler_copied", False)
+    model = unwrap(model)
     base_names = {f"{model.base_model_prefix}.{n}" for n, _ in model.base_model.named_parameters()}
     skip = ""
-    if getattr(model, "maskfit_pooler_copied", False):
+    if copied:
         skip = POOLER_INTO_PRE_CLASSIFIER[model.config.model_type] + "."
     out = {}
     for n, p in model.named_parameters():

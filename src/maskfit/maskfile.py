@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -23,29 +23,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import MaskfileError
-from .masking import MaskConfig, binary_masks, mask_model, mask_stats, masked_layers
+from .masking import DEFAULT, MaskConfig, active_layers, mask_model, mask_stats, pack_bits, unpack_bits, unwrap
 
 FORMAT = "maskfit.masks"
 VERSION = 1
-
-
-def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """Bool tensor → uint8 tensor of ceil(n / 8) bytes (LSB first)."""
-    flat = mask.reshape(-1).to(torch.uint8)
-    pad = (-flat.numel()) % 8
-    if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
-    return (flat.view(-1, 8) * weights).sum(dim=1, dtype=torch.uint8)
-
-
-def unpack_bits(packed: torch.Tensor, shape) -> torch.Tensor:
-    """Inverse of :func:`pack_bits`."""
-    n = int(torch.Size(shape).numel())
-    if packed.dtype != torch.uint8 or packed.numel() != (n + 7) // 8:
-        raise ValueError(f"packed mask has {packed.numel()} bytes, expected {(n + 7) // 8} for shape {list(shape)}")
-    bits = (packed.unsqueeze(1) >> torch.arange(8, dtype=torch.uint8)) & 1
-    return bits.reshape(-1)[:n].bool().view(*shape)
+REQUIRED = ("base_model", "fingerprint", "task_type", "mask_config", "layers")
+"""Metadata keys every mask file must have."""
 
 
 def base_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -54,10 +37,10 @@ def base_state(model: nn.Module) -> dict[str, torch.Tensor]:
     Keyed by their name inside the base model, so the same base gives the same set
     whatever head sits on top. The pooler is left out because token-tagging heads drop it.
     """
-    base = model.base_model
+    base = unwrap(model).base_model
     out = {}
     for name, t in list(base.named_parameters()) + list(base.named_buffers()):
-        if name.startswith("pooler.") or name.endswith(".scores") or name.endswith("fixed_mask"):
+        if name.startswith("pooler.") or name.endswith(".scores") or name.endswith("fixed_mask") or "._packed_" in name:
             continue
         if name.endswith("position_ids") or name.endswith("token_type_ids"):
             continue  # index buffers, not weights
@@ -75,62 +58,76 @@ def fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _task_type_of(model: nn.Module) -> str:
+    """The task type of a plain transformers head, from its class (``...ForTokenClassification``: tagging)."""
+    from .tasktypes import TASK_TYPES
+
+    name = type(unwrap(model)).__name__
+    for t in TASK_TYPES.values():
+        if name.endswith(t.auto_model.__name__.removeprefix("AutoModel")):
+            return t.name
+    raise MaskfileError(f"cannot tell the task type of a {name}: pass task_type=")
 
 
-def save_masks(model: nn.Module, path: str | os.PathLike, labels=None, extra: dict | None = None) -> Path:
-    """Write ``model``'s binary masks and random head to ``path`` (atomically)."""
+def save_masks(model: nn.Module, path: str | os.PathLike, labels=None, extra: dict | None = None, *,
+               name: str | None = None, config: MaskConfig | None = None, base: str | None = None,
+               task_type: str | None = None, pooling: str | None = None) -> Path:
+    """Write mask ``name`` of ``model`` (default: the active one) and its random head to ``path``, atomically.
+
+    A :class:`~maskfit.model.MaskfitModel` knows its base, task type, labels, pooling and
+    mask config; for a plain transformers model they come from the keyword arguments,
+    else from its config and head class.
+    """
     from .heads import random_head_parameters
+    from .run import atomic_write
 
     path = Path(path)
-    layers = masked_layers(model)
+    inner = unwrap(model)
+    if name is not None:
+        from .masking import set_active_mask
+
+        set_active_mask(inner, name)
+    layers = active_layers(inner)
     if not layers:
-        raise MaskfileError("the model has no masked layers: call mask_model first")
-    tensors = {f"mask/{n}": pack_bits(m) for n, m in binary_masks(model).items()}
+        raise MaskfileError("the model has no masked layers (or none active): call mask_model first")
+    tensors = {f"mask/{n}": pack_bits(m.mask()).cpu() for n, m in layers.items()}
     for n, p in random_head_parameters(model).items():
         tensors[f"head/{n}"] = p.detach().contiguous().cpu()
-    cfg = model.config
-    if labels is None and getattr(model, "maskfit_task_type", "sequence") != "choice":
-        labels = [cfg.id2label[i] for i in range(cfg.num_labels)]
-    stats = mask_stats(model)
+    cfg = inner.config
+    task_type = task_type or getattr(model, "task_type", None) or _task_type_of(inner)
+    if labels is None and task_type != "choice":
+        labels = getattr(model, "labels", None) or [cfg.id2label[i] for i in range(cfg.num_labels)]
+    if config is None:
+        config = getattr(model, "mask_config", None) or MaskConfig()
+    stats = mask_stats(inner)
     meta = {
         "format": FORMAT,
         "version": VERSION,
-        "base_model": getattr(model, "maskfit_base", getattr(cfg, "_name_or_path", "")),
-        "fingerprint": fingerprint(model),
+        "base_model": base or getattr(model, "base", None) or getattr(cfg, "_name_or_path", ""),
+        "fingerprint": fingerprint(inner),
         "model_type": cfg.model_type,
-        "head_class": type(model).__name__,
-        "task_type": getattr(model, "maskfit_task_type", None),
-        "pooling": getattr(model, "maskfit_pooling", "cls"),
-        "labels": list(labels) if labels is not None else None,
-        "mask_config": getattr(model, "mask_config", MaskConfig()).to_dict(),
+        "head_class": type(inner).__name__,
+        "task_type": task_type,
+        "pooling": pooling or getattr(model, "pooling", "cls"),
+        "labels": list(labels) if labels is not None and task_type != "choice" else None,
+        "mask_config": config.to_dict(),
         "layers": {n: list(m.weight.shape) for n, m in layers.items()},
         "sparsity": stats["sparsity"],
         "masked_weights": stats["total"],
         "extra": extra or {},
     }
-    _atomic_save(tensors, {"maskfit": json.dumps(meta)}, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, writer=lambda tmp: save_file(tensors, tmp, metadata={"maskfit": json.dumps(meta)}))
     return path
 
 
 @dataclass
 class MaskFile:
-    """A mask file's content, unpacked: metadata, bool masks and head tensors."""
+    """A mask file's content: metadata, packed masks (``masks`` unpacks them) and head tensors."""
 
     path: Path
     meta: dict
-    masks: dict[str, torch.Tensor]
+    packed: dict[str, torch.Tensor]
     head: dict[str, torch.Tensor]
 
     @property
@@ -138,12 +135,57 @@ class MaskFile:
         return self.meta.get("labels")
 
     @property
+    def task_type(self) -> str:
+        return self.meta["task_type"]
+
+    @property
+    def pooling(self) -> str:
+        return self.meta.get("pooling", "cls")
+
+    @property
     def config(self) -> MaskConfig:
         return MaskConfig.from_dict(self.meta["mask_config"])
 
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: tuple(int(d) for d in s) for n, s in self.meta["layers"].items()}
+
+    @cached_property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Layer name → bool mask."""
+        return {n: unpack_bits(self.packed[n], shape) for n, shape in self.shapes.items()}
+
+
+def _check_meta(meta, path: Path) -> dict:
+    """The metadata of a readable mask file of this version, or a one-line :class:`MaskfileError`."""
+    from .tasktypes import TASK_TYPES
+
+    if not isinstance(meta, dict):
+        raise MaskfileError(f"corrupt mask file {path}: its metadata is a {type(meta).__name__}, not an object")
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise MaskfileError(f"{path}: unsupported format {meta.get('format')!r} version {meta.get('version')!r}")
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise MaskfileError(f"corrupt mask file {path}: metadata lacks {', '.join(missing)}")
+    if meta["task_type"] not in TASK_TYPES:
+        raise MaskfileError(f"{path}: unknown task type {meta['task_type']!r}")
+    if meta["task_type"] != "choice" and not (isinstance(meta.get("labels"), list) and meta["labels"]):
+        raise MaskfileError(f"{path}: a {meta['task_type']} mask file must list its labels")
+    layers = meta["layers"]
+    if not isinstance(layers, dict) or not layers or not all(
+            isinstance(v, list) and v and all(isinstance(d, int) and d > 0 for d in v) for v in layers.values()):
+        raise MaskfileError(f"corrupt mask file {path}: bad or empty layer list")
+    if not isinstance(meta["mask_config"], dict):
+        raise MaskfileError(f"corrupt mask file {path}: mask_config is not an object")
+    try:
+        MaskConfig.from_dict(meta["mask_config"])
+    except (TypeError, ValueError) as e:
+        raise MaskfileError(f"corrupt mask file {path}: mask_config: {e}") from None
+    return meta
+
 
 def read_header(path: str | os.PathLike) -> dict:
-    """Only the metadata of a mask file (cheap: reads the safetensors header)."""
+    """Only the metadata of a mask file (cheap: reads the safetensors header), checked."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -153,86 +195,103 @@ def read_header(path: str | os.PathLike) -> dict:
         with safe_open(str(path), "pt") as f:
             raw = (f.metadata() or {}).get("maskfit")
     except (SafetensorError, OSError, ValueError) as e:
-        raise MaskfileError(f"corrupt mask file {path}: {e}") from None
+        raise MaskfileError(f"corrupt mask file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if raw is None:
         raise MaskfileError(f"{path} is not a maskfit mask file (no 'maskfit' metadata)")
     try:
         meta = json.loads(raw)
     except json.JSONDecodeError as e:
         raise MaskfileError(f"corrupt mask file {path}: bad metadata JSON ({e})") from None
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise MaskfileError(f"{path}: unsupported format {meta.get('format')!r} version {meta.get('version')!r}")
-    return meta
+    return _check_meta(meta, path)
 
 
 def read_maskfile(path: str | os.PathLike) -> MaskFile:
-    """Read and check a mask file; every failure is a one-line :class:`MaskfileError`."""
+    """Read and check a mask file (the one loader); every failure is a one-line :class:`MaskfileError`."""
     path = Path(path)
     meta = read_header(path)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise MaskfileError(f"corrupt mask file {path}: {e}") from None
-    masks, head = {}, {}
+        raise MaskfileError(f"corrupt mask file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    packed, head = {}, {}
     for name, shape in meta["layers"].items():
-        packed = tensors.get(f"mask/{name}")
-        if packed is None:
+        t = tensors.get(f"mask/{name}")
+        n = 1
+        for d in shape:
+            n *= int(d)
+        if t is None:
             raise MaskfileError(f"corrupt mask file {path}: no mask for layer {name}")
-        try:
-            masks[name] = unpack_bits(packed, shape)
-        except ValueError as e:
-            raise MaskfileError(f"corrupt mask file {path}: layer {name}: {e}") from None
+        if t.dtype != torch.uint8 or t.numel() != (n + 7) // 8:
+            raise MaskfileError(f"corrupt mask file {path}: layer {name}: packed mask has {t.numel()} bytes, "
+                                f"expected {(n + 7) // 8} for shape {list(shape)}")
+        packed[name] = t.reshape(-1)
     for key, t in tensors.items():
         if key.startswith("head/"):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise MaskfileError(f"corrupt mask file {path}: head tensor {key[5:]} is not finite")
             head[key[5:]] = t
-    return MaskFile(path, meta, masks, head)
+    return MaskFile(path, meta, packed, head)
 
 
-def check_base(model: nn.Module, meta: dict, path) -> None:
+def check_base(model_or_fingerprint, meta: dict, path, have: str | None = None) -> None:
     """Refuse a base whose fingerprint differs from the one the mask file names."""
-    fp = fingerprint(model)
+    fp = model_or_fingerprint if isinstance(model_or_fingerprint, str) else fingerprint(model_or_fingerprint)
     if fp != meta["fingerprint"]:
-        have = getattr(model, "maskfit_base", getattr(model.config, "_name_or_path", "?"))
+        if have is None and not isinstance(model_or_fingerprint, str):
+            model = model_or_fingerprint
+            have = getattr(model, "base", None) or getattr(unwrap(model).config, "_name_or_path", "?")
         raise MaskfileError(
-            f"{path} was trained on base '{meta['base_model']}' (fingerprint {meta['fingerprint'][:12]}), "
+            f"{path} was trained on base '{meta['base_model']}' (fingerprint {str(meta['fingerprint'])[:12]}), "
             f"but this model is '{have}' (fingerprint {fp[:12]}): load the mask onto its own base")
 
 
-def load_masks(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+def check_head(model: nn.Module, mf: MaskFile) -> dict[str, nn.Parameter]:
+    """The model's parameters that ``mf``'s head tensors replace, after checking they fit."""
+    params = dict(unwrap(model).named_parameters())
+    for name, t in mf.head.items():
+        have = params.get(name)
+        if have is None or have.shape != t.shape or have.dtype != t.dtype:
+            got = tuple(have.shape) if have is not None else "missing"
+            raise MaskfileError(f"{mf.path}: head tensor {name} {tuple(t.shape)} does not fit the model ({got})")
+    return {n: params[n] for n in mf.head}
+
+
+def load_masks(model: nn.Module, path: str | os.PathLike, name: str = DEFAULT) -> nn.Module:
     """Apply a task's mask file to a freshly loaded base model, ready for inference.
 
     ``model`` must carry the head of the file's task type (see
     :func:`maskfit.load_task_model`, which builds it for you). Returns ``model`` in
-    eval mode with fixed masks.
+    eval mode with the file's masks active as mask ``name``.
     """
     mf = read_maskfile(path)
     check_base(model, mf.meta, mf.path)
-    return apply_maskfile(model, mf)
+    return apply_maskfile(model, mf, name)
 
 
-def apply_maskfile(model: nn.Module, mf: MaskFile) -> nn.Module:
+def apply_maskfile(model: nn.Module, mf: MaskFile, name: str = DEFAULT) -> nn.Module:
     """Put ``mf``'s head tensors and fixed masks onto ``model`` (fingerprint already checked)."""
-    params = dict(model.named_parameters())
+    params = check_head(model, mf)
     with torch.no_grad():
-        for name, t in mf.head.items():
-            if name not in params or params[name].shape != t.shape:
-                got = tuple(params[name].shape) if name in params else "missing"
-                raise MaskfileError(f"{mf.path}: head tensor {name} {tuple(t.shape)} does not fit the model ({got})")
-            params[name].copy_(t)
+        for pname, t in mf.head.items():
+            params[pname].copy_(t)
+    device = next(unwrap(model).parameters()).device
     try:
-        mask_model(model, mf.config, masks=mf.masks)
+        mask_model(model, mf.config, masks={n: p.to(device) for n, p in mf.packed.items()}, name=name)
     except ValueError as e:
         raise MaskfileError(f"{mf.path}: {e}") from None
     return model.eval()
 
 
-def load_task_model(path: str | os.PathLike, base_model: str | None = None) -> nn.Module:
-    """Build the right head on the base the file names (or ``base_model``) and load the masks."""
+def load_task_model(path: str | os.PathLike, base_model: str | None = None, device=None,
+                    name: str = DEFAULT) -> nn.Module:
+    """Build the right head on the base the file names (or ``base_model``) and load the masks.
+
+    Returns a :class:`~maskfit.model.MaskfitModel` in eval mode on ``device`` (default: CPU).
+    """
     from .heads import build_model
 
     mf = read_maskfile(path)
-    labels = mf.labels or ["0"]
-    model = build_model(base_model or mf.meta["base_model"], mf.meta["task_type"], labels,
-                        pooling=mf.meta.get("pooling", "cls"))
+    model = build_model(base_model or mf.meta["base_model"], mf.task_type, mf.labels, pooling=mf.pooling,
+                        device=device)
     check_base(model, mf.meta, mf.path)
-    return apply_maskfile(model, mf)
+    return apply_maskfile(model, mf, name)

@@ -57,6 +57,7 @@ def count_params(model_name_or_config, blocks=None, task_type: str = "sequence",
 
     from .heads import HEAD_CLASSES, POOLER_INTO_PRE_CLASSIFIER, random_head_parameters
     from .masking import MaskConfig, target_names
+    from .model import MaskfitModel
 
     config = _config(model_name_or_config)
     if task_type != "choice":
@@ -65,14 +66,15 @@ def count_params(model_name_or_config, blocks=None, task_type: str = "sequence",
     with torch.device("meta"):
         model = HEAD_CLASSES[task_type].from_config(config)
     target = POOLER_INTO_PRE_CLASSIFIER.get(config.model_type)
+    copied = False
     if target is not None:
         try:
             model.get_submodule(target)
-            model.maskfit_pooler_copied = True  # the bundled checkpoints carry a pooler to start it from
+            copied = True  # the bundled checkpoints carry a pooler to start it from
         except AttributeError:
             pass
     total = sum(p.numel() for p in model.parameters())
-    head = random_head_parameters(model)
+    head = random_head_parameters(MaskfitModel(model, str(config.model_type), task_type, pooler_copied=copied))
     head_params = sum(p.numel() for p in head.values())
     masked = head_masked = 0
     packed_bytes = 0

@@ -1,36 +1,34 @@
-"""The one training and evaluation loop, for masking and for the finetuning baseline.
+"""Training a task, for masking and for the finetuning baseline: :func:`fit`.
 
 ``fit`` trains on a task's train split, evaluates on its dev split after every epoch,
-keeps the best epoch (mask file or weights, written atomically), stops early after
-``patience`` epochs without gain, and checkpoints every completed epoch so that the
-same call resumes an interrupted run. Everything else in maskfit that trains (the CLI,
-the analyses, the benchmarks) goes through here.
+keeps the best epoch (mask file or weights), stops early after ``patience`` epochs
+without gain, and checkpoints every completed epoch so that the same call (under the
+same launcher) resumes an interrupted run. The loop itself is the engine's
+(:class:`maskfit.engine.Engine`), the run directory's life is :class:`maskfit.run.RunDir`'s;
+everything in maskfit that trains (the CLI, the analyses, the benchmarks) goes through here.
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
 import os
 import random
-import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from .data.encode import IGNORE_INDEX, bucket_batches, collate, encode, feature_length, split_batch, word_predictions
-from .errors import DataError, RunError
-from .heads import build_model, check_head, load_tokenizer
-from .masking import MaskConfig, mask_model, mask_stats
-from .run import RUN_FILE, atomic_write_json, save_weights, versions
+from .engine import TRACKERS, Engine, predict_outputs
+from .errors import ConfigError, DataError
+from .heads import POOLINGS, build_model, check_head, load_tokenizer
+from .masking import MaskConfig, binary_masks, mask_model, mask_stats
+from .run import RunDir, load_run, versions
+from .runtime import PRECISIONS
+from .tasktypes import task_type
 
 log = logging.getLogger("maskfit.train")
 
@@ -43,35 +41,77 @@ while 3e-4 reached 77.9 in 4 epochs; 5e-3 and above give a constant prediction e
 SST-2. 1e-3 learns faster only on very short runs (a few hundred steps)."""
 
 
+def _help(text: str, **more) -> dict:
+    return {"help": text, **more}
+
+
 @dataclass
 class TrainArgs:
-    """Training arguments; the CLI's ``maskfit train`` flags map onto these one to one."""
+    """Training arguments. The ``maskfit train`` flags are generated from these fields (one
+    place for each default); ``metadata["help"]`` is the flag's help."""
 
-    method: str = "mask"
-    """``mask``: learn masks, every pretrained weight frozen. ``finetune``: the paper's
-    baseline, every weight trained (embeddings, all blocks, pooler and classifier)."""
-    lr: float | None = None
-    """Adam learning rate; ``None`` takes the task's paper lr for the method."""
-    epochs: int = 10
-    patience: int = 2
-    """Stop after this many epochs without a better dev score (0 = never stop early)."""
-    batch_size: int = 32
-    max_length: int = 128
-    seed: int = 0
-    precision: str = "auto"
-    """``auto`` (bf16 autocast where the CPU has native bf16, else fp32), ``bf16`` or ``fp32``."""
-    limit_train: int | None = None
-    """Use a seeded random subset of this many training examples."""
-    limit_eval: int | None = None
-    """Evaluate on the first N dev examples only (for quick runs and analyses)."""
-    schedule: str = "linear"
-    """``linear`` (decay to 0 over all epochs) or ``constant``."""
-    warmup_ratio: float = 0.0
-    eval_batch_size: int = 64
-    pooling: str = "cls"
-    """What sequence and choice heads read: ``cls`` (the paper: the first token) or ``mean``
-    (the attention-masked mean of all tokens, how sentence-transformer bases were trained).
-    Tagging tasks always read every token."""
+    method: str = field(default="mask", metadata=_help(
+        "mask: learn masks over the frozen weights; finetune: the paper's baseline, every weight trained",
+        choices=METHODS))
+    lr: float | None = field(default=None, metadata=_help(
+        "Adam learning rate (default: the task's paper lr for the method, else 3e-4 for masks, 3e-5 finetuning)"))
+    epochs: int = field(default=10, metadata=_help("most epochs to train"))
+    patience: int = field(default=2, metadata=_help("early stopping: epochs without dev gain (0: off)"))
+    batch_size: int = field(default=32, metadata=_help(
+        "examples per process per step (the global batch is batch size × processes × grad accum)"))
+    grad_accum: int = field(default=1, metadata=_help("micro-steps per optimizer step (gradient accumulation)"))
+    max_grad_norm: float | None = field(default=None, metadata=_help(
+        "clip the gradient norm of the trainable tensors to this (default: off, as in the paper)"))
+    max_length: int = field(default=128, metadata=_help("truncate inputs to this many tokens"))
+    seed: int = field(default=0, metadata=_help("seeds the head, the initial mask, the data order and dropout"))
+    device: str = field(default="auto", metadata=_help(
+        "auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps; under a multi-process launch each "
+        "process takes its local GPU"))
+    precision: str = field(default="auto", metadata=_help(
+        "autocast precision: auto (bf16 on GPUs that have it, else fp16; on the CPU bf16 only with native "
+        "AMX / AVX512-BF16, else fp32), bf16, fp16 (GPU only) or fp32. Mask scores always stay fp32",
+        choices=PRECISIONS))
+    limit_train: int | None = field(default=None, metadata=_help("train on a seeded random subset of N examples"))
+    limit_eval: int | None = field(default=None, metadata=_help("evaluate on the first N dev examples"))
+    schedule: str = field(default="linear", metadata=_help(
+        "learning-rate schedule: linear (decay to 0 over all epochs) or constant", choices=("linear", "constant")))
+    warmup_ratio: float = field(default=0.0, metadata=_help("fraction of all steps spent warming the lr up from 0"))
+    eval_batch_size: int = field(default=64, metadata=_help("examples per process per evaluation batch"))
+    pooling: str = field(default="cls", metadata=_help(
+        "what sentence and choice heads read: the first token (cls, the paper) or the mean of all tokens "
+        "(mean: how sentence-transformer bases such as minilm and mpnet were trained)", choices=POOLINGS))
+    dropout: float | None = field(default=None, metadata=_help(
+        "set every dropout probability of the model (default: keep the checkpoint's)"))
+    log_with: tuple[str, ...] = field(default=(), metadata=_help(
+        "also log every epoch to these trackers (comma-separated: tensorboard, wandb), under --out"))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.log_with, str):
+            self.log_with = tuple(t.strip() for t in self.log_with.split(",") if t.strip())
+        self.log_with = tuple(self.log_with or ())
+        checks = [
+            (self.method in METHODS, f"unknown method {self.method!r}; expected {' or '.join(METHODS)}"),
+            (self.lr is None or (math.isfinite(self.lr) and self.lr > 0), f"--lr must be a positive number, got {self.lr}"),
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.eval_batch_size >= 1, f"--eval-batch-size must be >= 1, got {self.eval_batch_size}"),
+            (self.grad_accum >= 1, f"--grad-accum must be >= 1, got {self.grad_accum}"),
+            (self.max_grad_norm is None or (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0),
+             f"--max-grad-norm must be a positive number, got {self.max_grad_norm}"),
+            (self.max_length >= 2, f"--max-length must be >= 2, got {self.max_length}"),
+            (self.limit_train is None or self.limit_train >= 1, f"--limit-train must be >= 1, got {self.limit_train}"),
+            (self.limit_eval is None or self.limit_eval >= 1, f"--limit-eval must be >= 1, got {self.limit_eval}"),
+            (self.schedule in ("linear", "constant"), f"schedule must be linear or constant, got {self.schedule!r}"),
+            (0.0 <= self.warmup_ratio < 1.0, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
+            (self.pooling in POOLINGS, f"unknown pooling {self.pooling!r}; expected {' or '.join(POOLINGS)}"),
+            (self.dropout is None or 0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}"),
+            (set(self.log_with) <= set(TRACKERS), f"--log-with takes {', '.join(TRACKERS)}, got {','.join(self.log_with)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
 
     def resolved_lr(self, task) -> float:
         if self.lr is not None:
@@ -79,116 +119,15 @@ class TrainArgs:
         paper = getattr(task.spec if hasattr(task, "spec") else task, f"paper_lr_{self.method}", None)
         return paper or DEFAULT_LR[self.method]
 
-
-def bf16_supported() -> bool:
-    """True when this CPU does bf16 matmuls natively (AMX or AVX512-BF16).
-
-    Without them oneDNN emulates bf16 and autocast is several times *slower* than fp32
-    (measured: 7x on an AVX-512 CPU without AMX), so ``auto`` only picks bf16 here.
-    """
-    probes = [getattr(torch.cpu, n, None) for n in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-    if any(p is not None for p in probes):
-        return any(p() for p in probes if p is not None)
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def use_bf16(precision: str) -> bool:
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
-    return precision == "bf16" or (precision == "auto" and bf16_supported())
-
-
-def autocast(bf16: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    @classmethod
+    def defaults(cls) -> dict:
+        return asdict(cls())
 
 
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-# --------------------------------------------------------------------------- forward
-
-
-def task_logits(model: nn.Module, task_type: str, inputs: dict, meta: dict) -> torch.Tensor:
-    """Logits for a collated batch: (B, C) sequence, (B, T, C) tagging, (B, n_choices) choice."""
-    logits = model(**model_inputs(model, inputs)).logits
-    if task_type == "choice" and "choice_mask" in meta:
-        logits = logits.masked_fill(~meta["choice_mask"], float("-inf"))
-    return logits.float()
-
-
-def model_inputs(model: nn.Module, inputs: dict) -> dict:
-    """The keyword arguments ``model`` takes from a collated batch (no labels; token types
-    only for models that embed them)."""
-    uses_types = getattr(model.config, "type_vocab_size", 0) > 1 or model.config.model_type == "bert"
-    return {k: v for k, v in inputs.items() if k != "labels" and (k != "token_type_ids" or uses_types)}
-
-
-def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def predict_features(model: nn.Module, task_type: str, features: list[dict], pad_token_id: int,
-                     batch_size: int = 64, bf16: bool = False) -> list:
-    """Raw predictions for encoded features, in input order.
-
-    sequence / choice: one probability vector per example (numpy); tagging: per-word
-    label ids (list) for each example.
-    """
-    model.eval()
-    out: list = [None] * len(features)
-    order = bucket_batches([feature_length(f) for f in features], batch_size, shuffle=False)
-    for idx in order:
-        inputs, meta = split_batch(collate([features[i] for i in idx], pad_token_id))
-        with autocast(bf16):
-            logits = task_logits(model, task_type, inputs, meta)
-        if task_type == "tagging":
-            token_preds = logits.argmax(-1)
-            for j, i in enumerate(idx):
-                out[i] = word_predictions(token_preds[j].tolist(), meta["word_index"][j].tolist(),
-                                          int(meta["n_words"][j]), fill=0)
-        else:
-            probs = logits.softmax(-1).numpy()
-            for j, i in enumerate(idx):
-                out[i] = probs[j]
-    return out
-
-
-def score_predictions(task, raw: list, examples: list) -> tuple[float, list]:
-    """(metric value, readable predictions) for ``raw`` from :func:`predict_features`."""
-    from .metrics import compute_metric
-
-    labels = list(task.labels) if task.type != "choice" else None
-    if task.type == "tagging":
-        fill = labels.index("O") if "O" in labels else 0
-        preds = [[labels[p] if p is not None else labels[fill] for p in row] for row in raw]
-        golds = [ex.tags for ex in examples]
-    elif task.type == "choice":
-        preds = [int(np.argmax(p)) for p in raw]
-        golds = [ex.label for ex in examples]
-    else:
-        preds = [labels[int(np.argmax(p))] for p in raw]
-        golds = [ex.label for ex in examples]
-    return compute_metric(task.metric, preds, golds), preds
-
-
-def evaluate(model: nn.Module, task, tokenizer, examples: list, max_length: int = 128, batch_size: int = 64,
-             bf16: bool = False) -> tuple[float, list]:
-    """Score ``model`` on labelled ``examples`` with the task's metric."""
-    labels = list(task.labels) if task.type != "choice" else None
-    feats = encode(task.type, examples, tokenizer, labels, max_length)
-    raw = predict_features(model, task.type, feats, tokenizer.pad_token_id, batch_size, bf16)
-    return score_predictions(task, raw, examples)
+    torch.manual_seed(seed)  # also seeds every CUDA device
 
 
 # --------------------------------------------------------------------------- data
@@ -237,6 +176,21 @@ def _labelled(task, split: str) -> bool:
     return first is not None and (getattr(first, "label", None) is not None or getattr(first, "tags", None) is not None)
 
 
+def task_labels(task) -> list[str] | None:
+    """The label names a head predicts (None for choice tasks)."""
+    return list(task.labels) if task.type != "choice" else None
+
+
+def evaluate(model: nn.Module, task, tokenizer, examples: list, max_length: int = 128, batch_size: int = 64,
+             precision: str = "fp32") -> tuple[float, list]:
+    """(metric, predictions) of ``model`` on labelled ``examples``, on the model's device, one process."""
+    kind, labels = task_type(task.type), task_labels(task)
+    feats = kind.encode(examples, tokenizer, labels, max_length)
+    pairs = predict_outputs(model, kind, feats, tokenizer.pad_token_id, labels, batch_size, precision=precision)
+    outputs = [o for _, o in sorted(pairs, key=lambda p: p[0])]
+    return kind.score(task.metric, outputs, examples, labels)
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -250,215 +204,18 @@ class FitResult:
 def make_model(model_name: str, task, args: TrainArgs, mask_config: MaskConfig | None,
                model_config=None) -> nn.Module:
     """The task model for ``args.method``: masked (only scores train) or fully trainable."""
-    labels = list(task.labels) if task.type != "choice" else ["choice"]
-    model = build_model(model_name, task.type, labels, seed=args.seed, config=model_config, pooling=args.pooling)
+    model = build_model(model_name, task.type, task_labels(task), seed=args.seed, config=model_config,
+                        pooling=args.pooling, dropout=args.dropout)
     if args.method == "mask":
-        cfg = mask_config or MaskConfig(seed=args.seed)
-        mask_model(model, cfg)
-    elif args.method == "finetune":
+        mask_model(model, mask_config or MaskConfig(seed=args.seed))
+    else:
         for p in model.parameters():
             p.requires_grad_(True)
-    else:
-        raise ValueError(f"unknown method {args.method!r}; expected mask or finetune")
     return model
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def fit(task, model_name: str, out_dir: str | os.PathLike | None, args: TrainArgs | None = None,
-        mask_config: MaskConfig | None = None, model_config=None, overwrite: bool = False,
-        callbacks: list[Callable[[int, dict], None]] | None = None, progress: bool = True,
-        task_info: dict | None = None) -> FitResult:
-    """Train ``model_name`` on ``task`` with ``args.method``; see the module docstring.
-
-    ``out_dir`` gets ``run.json``, ``metrics.json``, ``train.log`` and the best
-    ``task.masks`` / ``model.safetensors``; ``None`` trains in memory only (no resume).
-    ``callbacks`` are called as ``cb(epoch, record)`` after each completed epoch.
-    ``task_info`` is what ``run.json`` records to rebuild the task (name and custom-task
-    arguments); defaults to the task's name.
-    """
-    args = args or TrainArgs()
-    if args.method not in METHODS:
-        raise ValueError(f"unknown method {args.method!r}; expected mask or finetune")
-    check_head(task.type, args.pooling)  # before the run directory is written
-    if args.method == "mask":
-        mask_config = mask_config or MaskConfig(seed=args.seed)
-    bf16 = use_bf16(args.precision)
-    lr = args.resolved_lr(task)
-    set_seed(args.seed)
-
-    run_dir = Path(out_dir) if out_dir is not None else None
-    info = {
-        "task": task_info or {"name": task.name},
-        "model": model_name,
-        "method": args.method,
-        "task_type": task.type,
-        "labels": list(task.labels) if task.type != "choice" else None,
-        "metric": task.metric,
-        "max_length": args.max_length,
-        "precision": "bf16" if bf16 else "fp32",
-        "lr": lr,
-        "args": asdict(args),
-        "mask_config": mask_config.to_dict() if mask_config else None,
-    }
-    resume = _prepare_run_dir(run_dir, info, overwrite) if run_dir else None
-    handler = _attach_log(run_dir) if run_dir else None
-    try:
-        return _fit(task, model_name, run_dir, args, mask_config, model_config, info, resume, lr, bf16,
-                    callbacks or [], progress)
-    finally:
-        if handler:
-            logging.getLogger("maskfit").removeHandler(handler)
-            handler.close()
-
-
-def _fit(task, model_name, run_dir, args, mask_config, model_config, info, resume, lr, bf16, callbacks, progress):
-    t_start = time.perf_counter()
-    train, dev, dev_name, test = split_data(task, args)
-    tokenizer = load_tokenizer(model_name)  # tiny test configs (model_config) reuse the named model's vocabulary
-    labels = list(task.labels) if task.type != "choice" else None
-    train_feats = encode(task.type, train, tokenizer, labels, args.max_length)
-    dev_feats = encode(task.type, dev, tokenizer, labels, args.max_length)
-    model = make_model(model_name, task, args, mask_config, model_config)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=lr)
-    steps_per_epoch = math.ceil(len(train_feats) / args.batch_size)
-    scheduler = _scheduler(optimizer, args, steps_per_epoch * args.epochs)
-    pad = tokenizer.pad_token_id
-
-    history, best, best_epoch, start_epoch = [], -math.inf, -1, 0
-    if resume is not None:
-        state = resume
-        with torch.no_grad():
-            named = dict(model.named_parameters())
-            for n, t in state["trainable"].items():
-                named[n].copy_(t)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history, best, best_epoch = state["history"], state["best"], state["best_epoch"]
-        start_epoch = state["epoch"] + 1
-        torch.set_rng_state(state["rng"])
-        log.info("resuming %s from epoch %d (best %.4f at epoch %d)", run_dir, start_epoch, best, best_epoch + 1)
-    log.info("task %s (%s, %d train, dev: %s, %d) model %s method %s lr %g precision %s",
-             task.name, task.type, len(train), dev_name, len(dev), model_name, args.method, lr, info["precision"])
-
-    best_state = None
-    stale = len(history) - 1 - best_epoch if history else 0
-    for epoch in range(start_epoch, args.epochs):
-        if args.patience and stale >= args.patience:
-            break  # a resumed run that had already stopped early
-        model.train()
-        batches = bucket_batches([feature_length(f) for f in train_feats], args.batch_size, shuffle=True,
-                                 seed=args.seed * 1000 + epoch)
-        t0, seen, total_loss = time.perf_counter(), 0, 0.0
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not progress, leave=False,
-                   unit="batch", dynamic_ncols=True)
-        for idx in bar:
-            inputs, meta = split_batch(collate([train_feats[i] for i in idx], pad))
-            with autocast(bf16):
-                logits = task_logits(model, task.type, inputs, meta)
-            loss = task_loss(logits, inputs["labels"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            seen += len(idx)
-            total_loss += loss.item() * len(idx)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", ex_s=f"{seen / (time.perf_counter() - t0):.1f}")
-        train_time = time.perf_counter() - t0
-        raw = predict_features(model, task.type, dev_feats, pad, args.eval_batch_size, bf16)
-        score, _ = score_predictions(task, raw, dev)
-        record = {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1), "dev_score": score,
-                  "train_time_s": train_time, "train_examples_per_s": seen / train_time,
-                  "eval_time_s": time.perf_counter() - t0 - train_time}
-        if args.method == "mask":
-            record["sparsity"] = mask_stats(model)["sparsity"]
-        history.append(record)
-        improved = score > best
-        if improved:
-            best, best_epoch = score, len(history) - 1
-            stale = 0
-            if run_dir:
-                _save_best(model, run_dir, args.method, info)
-            else:
-                best_state = trainable_state(model)
-        else:
-            stale += 1
-        log.info("epoch %d: loss %.4f dev %s %.4f%s (%.0f ex/s)", epoch + 1, record["train_loss"], task.metric,
-                 score, " *best*" if improved else "", record["train_examples_per_s"])
-        if run_dir:
-            _save_checkpoint(run_dir, model, optimizer, scheduler, epoch, history, best, best_epoch)
-        for cb in callbacks:
-            cb(epoch + 1, record)
-        if args.patience and stale >= args.patience:
-            log.info("early stop: %d epochs without gain", stale)
-            break
-
-    # Reload the best epoch so the returned model (and the test score) are the kept ones.
-    if run_dir:
-        model = load_best(run_dir, model_config)
-    elif best_state is not None:
-        with torch.no_grad():
-            named = dict(model.named_parameters())
-            for n, t in best_state.items():
-                named[n].copy_(t)
-    metrics = {
-        "task": task.name, "model": model_name, "method": args.method, "metric": task.metric,
-        "dev_split": dev_name, "n_train": len(train), "n_dev": len(dev),
-        "epochs": history, "best_score": best, "best_epoch": best_epoch + 1,
-        "wall_time_s": None, "train_examples_per_s": _mean_rate(history),
-        "lr": lr, "precision": info["precision"], "args": info["args"], "mask_config": info["mask_config"],
-        "versions": versions(), "completed": True,
-    }
-    if test is not None:
-        metrics["test_score"], _ = evaluate(model, task, tokenizer, test, args.max_length, args.eval_batch_size, bf16)
-        metrics["n_test"] = len(test)
-        log.info("test %s %.4f (best epoch %d)", task.metric, metrics["test_score"], best_epoch + 1)
-    if args.method == "mask":
-        metrics["sparsity"] = mask_stats(model)["sparsity"]
-    prior = sum(r.get("train_time_s", 0) + r.get("eval_time_s", 0) for r in history[:start_epoch])
-    metrics["wall_time_s"] = time.perf_counter() - t_start + prior
-    if run_dir:
-        atomic_write_json(run_dir / "metrics.json", metrics)
-        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
-    return FitResult(model, metrics, run_dir)
-
-
-def load_best(run_dir: str | os.PathLike, model_config=None) -> nn.Module:
-    """The best epoch's model of a run directory, in eval mode.
-
-    Without ``model_config`` this is ``load_run(run_dir).model()``. With it (a run that
-    ``fit(model_config=...)`` trained on a random model of that config, as tests do) the
-    random base is rebuilt from the run's seed exactly as :func:`make_model` built it, and
-    the mask file (fingerprint-checked) or the finetuned weights are loaded onto it.
-    """
-    import copy
-
-    from .run import load_run
-
-    run = load_run(run_dir)
-    if model_config is None:
-        return run.model()
-    info = run.info
-    model = build_model(info["model"], info["task_type"], info["labels"] or ["choice"],
-                        seed=info["args"]["seed"], config=copy.deepcopy(model_config),
-                        pooling=info["args"].get("pooling", "cls"))
-    if run.method == "mask":
-        from .maskfile import load_masks
-
-        return load_masks(model, run.path / "task.masks")
-    from safetensors.torch import load_model
-
-    load_model(model, str(run.path / "model.safetensors"))
-    return model.eval()
-
-
-def _mean_rate(history: list[dict]) -> float | None:
-    t = sum(r["train_time_s"] for r in history)
-    n = sum(r["train_examples_per_s"] * r["train_time_s"] for r in history)
-    return n / t if t else None
 
 
 def _scheduler(optimizer, args: TrainArgs, total_steps: int):
@@ -471,74 +228,180 @@ def _scheduler(optimizer, args: TrainArgs, total_steps: int):
             return 1.0
         return max(0.0, (total_steps - step) / max(1, total_steps - warm))
 
-    if args.schedule not in ("linear", "constant"):
-        raise ValueError(f"schedule must be linear or constant, got {args.schedule!r}")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-# --------------------------------------------------------------------------- run directory
+def fit(task, model_name: str, out_dir: str | os.PathLike | None, args: TrainArgs | None = None,
+        mask_config: MaskConfig | None = None, model_config=None, overwrite: bool = False,
+        callbacks: list[Callable[[int, dict], None]] | None = None, progress: bool = True,
+        task_info: dict | None = None) -> FitResult:
+    """Train ``model_name`` on ``task`` with ``args.method``; see the module docstring.
+
+    ``out_dir`` gets ``run.json``, ``metrics.json``, ``train.log`` and the best
+    ``task.masks`` / ``model.safetensors``; ``None`` trains in memory only (no resume).
+    ``callbacks`` are called as ``cb(epoch, record)`` after each completed epoch, on
+    every process. ``task_info`` is what ``run.json`` records to rebuild the task (name
+    and custom-task arguments); defaults to the task's name. ``model_config`` trains a
+    random model of that transformers config on ``model_name``'s tokenizer (tests).
+    """
+    args = args or TrainArgs()
+    check_head(task.type, args.pooling)  # before the run directory is written
+    if args.method == "mask":
+        mask_config = mask_config or MaskConfig(seed=args.seed)
+    engine = Engine(args.device, args.precision, grad_accum=args.grad_accum, max_grad_norm=args.max_grad_norm,
+                    log_with=args.log_with, project_dir=out_dir if args.log_with else None)
+    try:
+        return _fit(engine, task, model_name, Path(out_dir) if out_dir is not None else None, args, mask_config,
+                    model_config, overwrite, callbacks or [], progress, task_info)
+    finally:
+        engine.end()
 
 
-def _comparable(info: dict) -> dict:
-    keep = dict(info)
-    args = {**asdict(TrainArgs()), **info["args"]}  # a run from before a new flag existed had its default
-    keep["args"] = {k: v for k, v in args.items() if k not in ("epochs", "patience", "eval_batch_size")}
-    return keep
+def _fit(engine: Engine, task, model_name, out_dir, args, mask_config, model_config, overwrite, callbacks, progress,
+         task_info) -> FitResult:
+    t_start = time.perf_counter()
+    lr = args.resolved_lr(task)
+    kind, labels = task_type(task.type), task_labels(task)
+    info = {
+        "task": task_info or {"name": task.name},
+        "model": model_name,
+        "method": args.method,
+        "task_type": task.type,
+        "labels": labels,
+        "metric": task.metric,
+        "max_length": args.max_length,
+        "precision": engine.precision,
+        "lr": lr,
+        "args": asdict(args),
+        "mask_config": mask_config.to_dict() if mask_config else None,
+        "engine": engine.describe(),
+    }
+    run = RunDir(out_dir, engine.is_main) if out_dir is not None else None
+    resume = run.prepare(info, overwrite, TrainArgs.defaults()) if run else None
+    handler = run.attach_log() if run else None
+    try:
+        set_seed(args.seed)
+        train, dev, dev_name, test = split_data(task, args)
+        tokenizer = load_tokenizer(model_name)  # tiny test configs (model_config) reuse the named model's vocabulary
+        pad = tokenizer.pad_token_id
+        train_feats = kind.encode(train, tokenizer, labels, args.max_length)
+        dev_feats = kind.encode(dev, tokenizer, labels, args.max_length)
+        model = make_model(model_name, task, args, mask_config, model_config)
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+        global_batch = args.batch_size * engine.num_processes * args.grad_accum
+        scheduler = _scheduler(optimizer, args, math.ceil(len(train_feats) / global_batch) * args.epochs)
+        model, optimizer, scheduler = engine.prepare(model, optimizer, scheduler)
+
+        history, best, best_epoch, start_epoch = [], -math.inf, -1, 0
+        if resume is not None:
+            engine.load_state(resume["state_dir"])
+            history, best, best_epoch = resume["history"], resume["best"], resume["best_epoch"]
+            start_epoch = resume["epoch"] + 1
+            log.info("resuming %s: epochs 1-%d done (best %.4f at epoch %d), epoch %d runs next", out_dir,
+                     start_epoch, best, best_epoch + 1, start_epoch + 1)
+        log.info("task %s (%s, %d train, dev: %s, %d) model %s method %s lr %g on %s, %s, %d process(es)",
+                 task.name, task.type, len(train), dev_name, len(dev), model_name, args.method, lr, engine.device,
+                 engine.precision, engine.num_processes)
+        engine.init_trackers("maskfit", {**{k: v for k, v in info["args"].items()}, "lr": lr, "task": task.name,
+                                         "model": model_name})
+
+        best_state = None
+        stale = len(history) - 1 - best_epoch if history else 0
+        previous = binary_masks(engine.unwrap(model)) if args.method == "mask" else None
+        for epoch in range(start_epoch, args.epochs):
+            if args.patience and stale >= args.patience:
+                break  # a resumed run that had already stopped early
+            stats = engine.train_epoch(model, optimizer, scheduler, kind, train_feats, pad, batch_size=args.batch_size,
+                                       seed=args.seed * 1000 + epoch, progress=progress,
+                                       desc=f"epoch {epoch + 1}/{args.epochs}")
+            t_eval = time.perf_counter()
+            outputs = engine.predict(model, kind, dev_feats, pad, labels, batch_size=args.eval_batch_size)
+            score, _ = kind.score(task.metric, outputs, dev, labels)
+            record = {"epoch": epoch + 1, "train_loss": stats["loss"], "dev_score": score,
+                      "train_time_s": stats["time_s"], "train_examples_per_s": stats["examples"] / stats["time_s"],
+                      "eval_time_s": time.perf_counter() - t_eval, "grad_norm": stats["grad_norm"],
+                      "lr": scheduler.get_last_lr()[0]}
+            if args.method == "mask":
+                record.update(_mask_diagnostics(engine.unwrap(model), previous))
+                previous = binary_masks(engine.unwrap(model))
+            history.append(record)
+            improved = score > best
+            if improved:
+                best, best_epoch, stale = score, len(history) - 1, 0
+                if run:
+                    run.save_best(engine.unwrap(model), args.method, {"task": info["task"]})
+                else:
+                    best_state = trainable_state(engine.unwrap(model))
+            else:
+                stale += 1
+            log.info("epoch %d: loss %.4f dev %s %.4f%s (%.0f ex/s%s)", epoch + 1, record["train_loss"], task.metric,
+                     score, " *best*" if improved else "", record["train_examples_per_s"],
+                     f", mask sparsity {record['sparsity']:.4f}, flipped {record['flipped']:.5f}"
+                     if "flipped" in record else "")
+            engine.log({f"train/{k}" if k != "dev_score" else "dev/score": v for k, v in record.items()
+                        if k != "epoch"}, step=epoch + 1)
+            if run:
+                run.save_checkpoint(engine, {"epoch": epoch, "history": history, "best": best, "best_epoch": best_epoch})
+            for cb in callbacks:
+                cb(epoch + 1, record)
+            if engine.broadcast(bool(args.patience and stale >= args.patience)):
+                log.info("early stop: %d epochs without gain", stale)
+                break
+
+        # Reload the best epoch so the returned model (and the test score) are the kept ones.
+        if run:
+            engine.wait()
+            model = load_run(out_dir).model(device=engine.device, model_config=model_config)
+        else:
+            model = engine.unwrap(model)
+            if best_state is not None:
+                with torch.no_grad():
+                    named = dict(model.named_parameters())
+                    for n, t in best_state.items():
+                        named[n].copy_(t)
+        metrics = {
+            "task": task.name, "model": model_name, "method": args.method, "metric": task.metric,
+            "dev_split": dev_name, "n_train": len(train), "n_dev": len(dev),
+            "epochs": history, "best_score": best, "best_epoch": best_epoch + 1,
+            "wall_time_s": None, "train_examples_per_s": _mean_rate(history),
+            "lr": lr, "precision": engine.precision, "engine": engine.describe(), "args": info["args"],
+            "mask_config": info["mask_config"], "versions": versions(), "completed": True,
+        }
+        if test is not None:
+            test_feats = kind.encode(test, tokenizer, labels, args.max_length)
+            outputs = engine.predict(model, kind, test_feats, pad, labels, batch_size=args.eval_batch_size)
+            metrics["test_score"], _ = kind.score(task.metric, outputs, test, labels)
+            metrics["n_test"] = len(test)
+            log.info("test %s %.4f (best epoch %d)", task.metric, metrics["test_score"], best_epoch + 1)
+        if args.method == "mask":
+            metrics["sparsity"] = mask_stats(model)["sparsity"]
+        prior = sum(r.get("train_time_s", 0) + r.get("eval_time_s", 0) for r in history[:start_epoch])
+        metrics["wall_time_s"] = time.perf_counter() - t_start + prior
+        if run:
+            run.finish(metrics)
+        return FitResult(model.eval(), metrics, out_dir)
+    finally:
+        RunDir.detach_log(handler)
 
 
-def _prepare_run_dir(run_dir: Path, info: dict, overwrite: bool):
-    """Create ``run_dir`` or find a resumable checkpoint in it."""
-    existing = run_dir / RUN_FILE
-    if existing.exists() and overwrite:
-        for name in ("checkpoint", "metrics.json", "task.masks", "model.safetensors", RUN_FILE, "train.log"):
-            p = run_dir / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    if existing.exists():
-        try:
-            old = json.loads(existing.read_text())
-        except json.JSONDecodeError:
-            raise RunError(f"{existing} is corrupt; pass --overwrite to start over") from None
-        if _comparable(old) != _comparable(info):
-            raise RunError(f"{run_dir} holds a different run ({old.get('task', {}).get('name')}, {old.get('method')}, "
-                           f"{old.get('model')}); use another --out or pass --overwrite")
-        ckpt = run_dir / "checkpoint" / "state.pt"
-        if ckpt.exists():
-            state = torch.load(ckpt, weights_only=False)
-            if state["epoch"] + 1 >= info["args"]["epochs"] and (run_dir / "metrics.json").exists():
-                raise RunError(f"{run_dir} is already complete; pass --overwrite to train again")
-            atomic_write_json(existing, info)  # epochs/patience may have been raised
-            return state
-        if (run_dir / "metrics.json").exists():
-            raise RunError(f"{run_dir} is already complete; pass --overwrite to train again")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(existing, info)
-    return None
+def _mask_diagnostics(model: nn.Module, previous: dict[str, torch.Tensor] | None) -> dict:
+    """Sparsity of the trained mask and the fraction of its bits flipped since ``previous``."""
+    now = binary_masks(model)
+    total = sum(m.numel() for m in now.values())
+    zeros = sum(int((~m).sum()) for m in now.values())
+    out = {"sparsity": zeros / total if total else 0.0}
+    if previous is not None:
+        flipped = sum(int((now[n] != previous[n]).sum()) for n in now)
+        out["flipped"] = flipped / total if total else 0.0
+    return out
 
 
-def _attach_log(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    root = logging.getLogger("maskfit")
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    return handler
+def _mean_rate(history: list[dict]) -> float | None:
+    t = sum(r["train_time_s"] for r in history)
+    n = sum(r["train_examples_per_s"] * r["train_time_s"] for r in history)
+    return n / t if t else None
 
 
-def _save_best(model: nn.Module, run_dir: Path, method: str, info: dict) -> None:
-    if method == "mask":
-        from .maskfile import save_masks
-
-        save_masks(model, run_dir / "task.masks", labels=info["labels"], extra={"task": info["task"]})
-    else:
-        save_weights(model, run_dir / "model.safetensors")
-
-
-def _save_checkpoint(run_dir, model, optimizer, scheduler, epoch, history, best, best_epoch) -> None:
-    state = {"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "best": best,
-             "best_epoch": best_epoch, "rng": torch.get_rng_state()}
-    ckpt = run_dir / "checkpoint"
-    ckpt.mkdir(exist_ok=True)
-    tmp = ckpt / "state.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, ckpt / "state.pt")
+def dataclass_kwargs(cls, namespace) -> dict:
+    """The fields of dataclass ``cls`` that ``namespace`` (parsed flags) holds."""
+    return {f.name: getattr(namespace, f.name) for f in fields(cls) if hasattr(namespace, f.name)}

@@ -12,14 +12,13 @@ reparametrised, and is trained to minimise E_{t∼U[0,1]} L(φ(t)): one t is dra
 batch and the task loss of the model at φ(t) is backpropagated to θ1 only. θ0 and θ2
 are plain tensors without gradients, so φ(0) = θ0 and φ(1) = θ2 exactly, always.
 
-Why a small optimisation loop of its own: ``train.fit`` trains a model's parameters on
-the task loss; here the trainable object is the bend of a curve and the model is
-evaluated at a *random point of the curve* each step, which ``fit`` cannot express. The
-loop below is kept to that one difference: it reuses ``fit``'s data split
-(``split_data``), encoding, length-bucketed batching, ``task_logits`` and ``task_loss``,
-uses Adam with a constant lr, and evaluates with ``predict_features`` through
-``torch.func.functional_call`` (:class:`.common.AtPoint`). The dev score is then read
-along the curve and, for comparison, along the straight line between the same minima.
+No loop of its own: the curve is a module, :class:`BezierCurve`, whose only parameters
+are the bend θ1 and whose forward evaluates the model at φ(t) for a t drawn per batch
+(``torch.func.functional_call``). The engine trains it like any model
+(:meth:`maskfit.engine.Engine.train_epoch`: ``fit``'s data split, encoding, batching and
+loss; Adam with a constant lr), and :func:`maskfit.engine.predict_outputs` evaluates
+points of the curve through :class:`.common.AtPoint`. The dev score is then read along
+the curve and, for comparison, along the straight line between the same minima.
 """
 from __future__ import annotations
 
@@ -27,8 +26,8 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from ..data.encode import bucket_batches, collate, encode, feature_length, split_batch
 from .common import (RAW, AtPoint, Settings, add_common_args, csv_list, eval_examples, get_task, int_list, lerp,
                      majority_score, out_dir, pyplot, scale_note, score_point, settings_from_args, tokenizer_for,
                      write_csv, write_json)
@@ -60,47 +59,81 @@ def init_bend(theta0: dict, theta2: dict) -> dict[str, torch.Tensor]:
             for k, t0 in theta0.items() if t0.is_floating_point()}
 
 
+class BezierCurve(nn.Module):
+    """The model on the curve φ(t): trainable bend θ1, fixed ends θ0 and θ2 (see the module doc).
+
+    In training mode each forward draws t ∼ U[0, 1] from its own seeded generator and
+    records it in :attr:`ts`; in eval mode it uses :attr:`t`.
+    """
+
+    def __init__(self, model: nn.Module, theta0: dict, theta2: dict, seed: int = 0):
+        super().__init__()
+        self.model = model.requires_grad_(False)
+        self.config = model.config
+        self.theta0, self.theta2 = theta0, theta2
+        bend = init_bend(theta0, theta2)
+        self.keys = list(bend)
+        self.bend = nn.ParameterList([nn.Parameter(bend[k].detach()) for k in self.keys])
+        self.gen = torch.Generator().manual_seed(seed)
+        self.t, self.ts = 0.5, []
+
+    def theta1(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.keys, self.bend))
+
+    def forward(self, **inputs):
+        t = self.t
+        if self.training:
+            t = float(torch.rand((), generator=self.gen))
+            self.ts.append(t)
+        params = bezier_point(self.theta0, self.theta1(), self.theta2, t)
+        return torch.func.functional_call(self.model, params, args=(), kwargs=inputs, strict=False)
+
+
 def train_bend(base, task, theta0: dict, theta2: dict, settings: Settings, epochs: int = 1, lr: float = 1e-4,
                seed: int = 0, max_steps: int | None = None, tokenizer=None) -> tuple[dict, list[dict]]:
     """Train θ1 by minimising the loss at t ∼ U[0, 1] (one t per batch); see the module doc.
 
-    Returns ``(θ1, history)`` with one ``{"step", "t", "loss"}`` per step.
+    Returns ``(θ1, history)`` with one ``{"step", "epoch", "t", "loss"}`` per step.
     """
-    from ..train import set_seed, split_data, task_logits, task_loss
+    from ..engine import Engine
+    from ..tasktypes import task_type
+    from ..train import set_seed, split_data, task_labels
 
     set_seed(seed)
     train, _, _, _ = split_data(task, settings.train_args("finetune", seed))
     tok = tokenizer or tokenizer_for(settings)
-    labels = list(task.labels) if task.type != "choice" else None
-    feats = encode(task.type, train, tok, labels, settings.max_length)
-    theta1 = init_bend(theta0, theta2)
-    opt = torch.optim.Adam(theta1.values(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    model = AtPoint(base, {})
-    model.train()
-    history, step = [], 0
-    for epoch in range(epochs):
-        for idx in bucket_batches([feature_length(f) for f in feats], settings.batch_size, shuffle=True,
-                                  seed=seed * 1000 + epoch):
-            if max_steps is not None and step >= max_steps:
-                return theta1, history
-            inputs, meta = split_batch(collate([feats[i] for i in idx], tok.pad_token_id))
-            t = float(torch.rand((), generator=gen))
-            model.params = bezier_point(theta0, theta1, theta2, t)
-            loss = task_loss(task_logits(model, task.type, inputs, meta), inputs["labels"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            history.append({"step": step, "epoch": epoch + 1, "t": t, "loss": loss.item()})
-    model.params = {}
-    return theta1, history
+    kind = task_type(task.type)
+    feats = kind.encode(train, tok, task_labels(task), settings.max_length)
+    engine = Engine(settings.device, "fp32")
+    curve = BezierCurve(base, theta0, theta2, seed)
+    curve.theta0 = {k: v.to(engine.device) for k, v in theta0.items()}
+    curve.theta2 = {k: v.to(engine.device) for k, v in theta2.items()}
+    optimizer = torch.optim.Adam(curve.bend.parameters(), lr=lr)
+    curve, optimizer = engine.prepare(curve, optimizer)
+    history: list[dict] = []
+    try:
+        for epoch in range(epochs):
+            left = None if max_steps is None else max_steps - len(history)
+            if left is not None and left <= 0:
+                break
+
+            def record(step: int, loss: float, epoch=epoch) -> None:
+                history.append({"step": len(history) + 1, "epoch": epoch + 1, "t": curve.ts[-1], "loss": loss})
+
+            engine.train_epoch(curve, optimizer, None, kind, feats, tok.pad_token_id, batch_size=settings.batch_size,
+                               seed=seed * 1000 + epoch, on_step=record, max_steps=left)
+    finally:
+        engine.end()
+    return {k: v.detach().cpu() for k, v in engine.unwrap(curve).theta1().items()}, history
 
 
 def run(task_name: str = "pos", seed: int = 0, settings: Settings | None = None,
         out: str | Path = f"analysis/{NAME}", bend_epochs: int = 1, bend_lr: float | None = None,
         n_points: int = 11, max_steps: int | None = None) -> dict:
     """Train (or reuse) the two minima, train the bend, evaluate; write ``bezier.png/.csv/.json``."""
+    from ..tasktypes import task_type
+    from ..train import task_labels
+
     settings = settings or Settings()
     out = out_dir(out)
     task = get_task(task_name, settings)
@@ -113,8 +146,7 @@ def run(task_name: str = "pos", seed: int = 0, settings: Settings | None = None,
     bend_time = time.perf_counter() - t0
     theta1 = {k: v.detach() for k, v in theta1.items()}
     examples = eval_examples(task, settings)
-    feats = encode(task.type, examples, tok, list(task.labels) if task.type != "choice" else None,
-                   settings.max_length)
+    feats = task_type(task.type).encode(examples, tok, task_labels(task), settings.max_length)
     rows = []
     for t in gammas(n_points):
         curve = score_point(base, bezier_point(theta0, theta1, theta2, t), task, feats, examples, tok.pad_token_id)

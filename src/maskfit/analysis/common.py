@@ -1,10 +1,10 @@
 """What every analysis shares: settings, the CLI flags, training through ``train.fit`` with
 run reuse, parameter points of a model, and plotting/writing helpers.
 
-Nothing here trains on its own: :func:`train_run` calls :func:`maskfit.train.fit` (the one
-loop) and, when the run directory already holds a completed run, reads its
+Nothing here trains on its own: :func:`train_run` calls :func:`maskfit.train.fit` (the
+engine's loop) and, when the run directory already holds a completed run, reads its
 ``metrics.json`` instead of training again. Scores come from
-:func:`maskfit.train.predict_features` / :func:`maskfit.train.score_predictions`.
+:func:`maskfit.engine.predict_outputs` and the task type's scoring.
 """
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ class Settings:
     max_length: int = 64
     patience: int = 0
     precision: str = "auto"
+    device: str = "auto"
     seed: int = 0
     progress: bool = False
     overwrite: bool = False
@@ -67,7 +68,7 @@ class Settings:
 
         return TrainArgs(method=method, lr=self.lr if method == "mask" else self.finetune_lr, epochs=self.epochs,
                          patience=self.patience, batch_size=self.batch_size, max_length=self.max_length,
-                         seed=self.seed if seed is None else seed, precision=self.precision,
+                         seed=self.seed if seed is None else seed, precision=self.precision, device=self.device,
                          limit_train=self.limit_train, limit_eval=self.limit_eval)
 
     def describe(self) -> dict:
@@ -104,7 +105,8 @@ def add_common_args(p: argparse.ArgumentParser, name: str, tasks: str, seeds: st
     g.add_argument("--finetune-lr", type=float, default=1e-4, help="finetuning learning rate (default: 1e-4)")
     g.add_argument("--batch-size", type=int, default=16, help="training batch size (default: 16)")
     g.add_argument("--max-length", type=int, default=64, help="truncate inputs to N tokens (default: 64)")
-    g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    g.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
+    g.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
     g.add_argument("--data-dir", help="folder with the built-in tasks' data (default: ../shared/data)")
     g.add_argument("--out", default=f"analysis/{name}",
                    help=f"output folder: runs, {name}.png and the numbers (default: analysis/{name}); "
@@ -124,8 +126,8 @@ def _limit(s: str) -> int | None:
 def settings_from_args(a) -> Settings:
     return Settings(model=a.model, limit_train=a.limit_train, limit_eval=a.limit_eval, epochs=a.epochs, lr=a.lr,
                     finetune_lr=a.finetune_lr, batch_size=a.batch_size, max_length=a.max_length,
-                    precision=a.precision, progress=not a.quiet, overwrite=a.overwrite, data_dir=a.data_dir,
-                    runs_dir=a.runs)
+                    precision=a.precision, device=a.device, progress=not a.quiet, overwrite=a.overwrite,
+                    data_dir=a.data_dir, runs_dir=a.runs)
 
 
 def csv_list(s: str) -> list[str]:
@@ -166,9 +168,11 @@ class TrainedRun:
     def model(self) -> nn.Module:
         """The best epoch's model (eval mode; masked runs carry fixed masks)."""
         if self._model is None:
-            from ..train import load_best
+            from ..run import load_run
+            from ..runtime import resolve_device
 
-            self._model = load_best(self.run_dir, self.settings.model_config)
+            self._model = load_run(self.run_dir).model(device=resolve_device(self.settings.device),
+                                                       model_config=self.settings.model_config)
         return self._model.eval()
 
 
@@ -287,10 +291,13 @@ def plain_model(task, settings: Settings, seed: int | None = None) -> nn.Module:
     that seed starts from (and keeps)."""
     from ..heads import build_model
 
-    labels = list(task.labels) if task.type != "choice" else ["choice"]
+    from ..runtime import resolve_device
+    from ..train import task_labels
+
     cfg = copy.deepcopy(settings.model_config) if settings.model_config is not None else None
     seed = settings.seed if seed is None else seed
-    return build_model(settings.model, task.type, labels, seed=seed, config=cfg).eval()
+    return build_model(settings.model, task.type, task_labels(task), seed=seed, config=cfg,
+                       device=resolve_device(settings.device)).eval()
 
 
 def num_blocks(settings: Settings) -> int:
@@ -339,9 +346,9 @@ def lerp(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], gamma: float) -
 class AtPoint(nn.Module):
     """``model`` evaluated at the parameter point ``params`` via ``torch.func.functional_call``.
 
-    Behaves like a task model for :func:`maskfit.train.task_logits` and
-    :func:`maskfit.train.predict_features` (it has ``config`` and returns the model's output);
-    ``model``'s own tensors are untouched. ``params`` may require grad (Bézier bend).
+    Behaves like a task model for a :class:`~maskfit.tasktypes.TaskType` and
+    :func:`maskfit.engine.predict_outputs` (it has ``config`` and returns the model's output);
+    ``model``'s own tensors are untouched.
     """
 
     def __init__(self, model: nn.Module, params: dict[str, torch.Tensor]):
@@ -357,17 +364,15 @@ class AtPoint(nn.Module):
 def score_point(model: nn.Module, params: dict[str, torch.Tensor], task, feats: list, examples: list,
                 pad_token_id: int, batch_size: int = 64) -> dict:
     """Dev metric and mean cross-entropy of ``model`` at ``params`` (fp32)."""
-    from ..train import predict_features, score_predictions
+    from ..engine import predict_outputs
+    from ..tasktypes import task_type
+    from ..train import task_labels
 
-    raw = predict_features(AtPoint(model, params), task.type, feats, pad_token_id, batch_size)
-    score, _ = score_predictions(task, raw, examples)
-    out = {"score": float(score)}
-    if task.type == "sequence":
-        labels = list(task.labels)
-        gold = [labels.index(ex.label) for ex in examples]
-        p = np.array([r[g] for r, g in zip(raw, gold)], dtype=np.float64)
-        out["loss"] = float(-np.log(np.clip(p, 1e-12, 1.0)).mean())
-    return out
+    kind, labels = task_type(task.type), task_labels(task)
+    pairs = predict_outputs(AtPoint(model, params), kind, feats, pad_token_id, labels, batch_size)
+    outputs = [o for _, o in sorted(pairs, key=lambda p: p[0])]
+    score, _ = kind.score(task.metric, outputs, examples, labels)
+    return {"score": float(score), "loss": kind.mean_loss(outputs, examples, labels)}
 
 
 # --------------------------------------------------------------------------- output

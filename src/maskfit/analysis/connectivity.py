@@ -18,7 +18,7 @@ between them, so γ = 0 and γ = 1 reproduce the two endpoint models exactly (``
 is exact at both ends; tested to 1e-6 on the logits). Pairs: masked → finetuned (the
 paper's Fig. 6), pretrained → finetuned and pretrained → masked.
 
-Evaluation goes through ``train.predict_features`` on ``torch.func.functional_call`` of
+Evaluation goes through ``engine.predict_outputs`` on ``torch.func.functional_call`` of
 one plain model at each point (no weights are copied into a module).
 """
 from __future__ import annotations
@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.encode import encode
 from .common import (RAW, Settings, add_common_args, csv_list, eval_examples, get_task, int_list, lerp,
                      majority_score, out_dir, param_point, plain_model, pyplot, scale_note, score_point,
                      settings_from_args, tokenizer_for, train_run, write_csv, write_json)
@@ -58,8 +57,10 @@ def run(task_name: str = "pos", seed: int = 0, settings: Settings | None = None,
     points, runs, base = endpoints(task, seed, settings, out)
     examples = eval_examples(task, settings)
     tok = tokenizer_for(settings)
-    feats = encode(task.type, examples, tok, list(task.labels) if task.type != "choice" else None,
-                   settings.max_length)
+    from ..tasktypes import task_type
+    from ..train import task_labels
+
+    feats = task_type(task.type).encode(examples, tok, task_labels(task), settings.max_length)
     rows = []
     for a, b in pairs:
         for g in gammas(n_points):

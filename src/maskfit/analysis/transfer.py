@@ -18,8 +18,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from ..data.encode import encode
-from ..train import predict_features, score_predictions
+from ..train import evaluate
 from .common import (RAW, Settings, add_common_args, get_task, int_list, out_dir, pyplot, scale_note, settings_from_args,
                      tokenizer_for, train_run, write_csv, write_json)
 
@@ -68,11 +67,9 @@ def run(source: str = "sst2", target: str = "imdb", seeds=(0,), settings: Settin
     for seed in seeds:
         examples = target_sample(tgt, settings.limit_eval, seed)
         base = majority_baseline(tgt, examples)
-        feats = encode(tgt.type, examples, tok, list(tgt.labels), max_len)
         for method in METHODS:
             r = train_run(src, method, out, settings, seed=seed)
-            raw = predict_features(r.model(), tgt.type, feats, tok.pad_token_id)
-            score, _ = score_predictions(tgt, raw, examples)
+            score, _ = evaluate(r.model(), tgt, tok, examples, max_len)
             rows.append({"source": source, "target": target, "method": method, "seed": seed,
                          "metric": tgt.metric, "source_dev_score": r.score, "target_score": float(score),
                          "majority_label": base["label"], "majority_from": base["from"],

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.encode import bucket_batches, collate, encode, feature_length, split_batch
 from .common import (RAW, Settings, add_common_args, csv_list, eval_examples, get_task, int_list, out_dir, plain_model,
                      pyplot, scale_note, settings_from_args, tokenizer_for, train_run, write_csv, write_json)
 
@@ -28,15 +27,16 @@ MODELS = ("pretrained", "finetuned", "masked")
 @torch.no_grad()
 def cls_vectors(model, features: list[dict], pad_token_id: int, batch_size: int = 64) -> np.ndarray:
     """Top-block [CLS] vectors (position 0 of the last hidden state), in input order."""
-    from ..train import model_inputs
+    from ..data.loader import batches
+    from ..tasktypes import model_inputs
 
     model.eval()
+    device = next(model.parameters()).device
     out = [None] * len(features)
-    for idx in bucket_batches([feature_length(f) for f in features], batch_size, shuffle=False):
-        inputs, _ = split_batch(collate([features[i] for i in idx], pad_token_id))
-        hidden = model(**model_inputs(model, inputs), output_hidden_states=True).hidden_states[-1][:, 0].float()
-        for j, i in enumerate(idx):
-            out[i] = hidden[j].numpy()
+    for piece, batch in batches(features, pad_token_id, batch_size, order="length", device=device):
+        hidden = model(**model_inputs(model, batch), output_hidden_states=True).hidden_states[-1][:, 0].float()
+        for j, i in enumerate(piece.indices):
+            out[i] = hidden[j].cpu().numpy()
     return np.stack(out)
 
 
@@ -72,7 +72,9 @@ def run(task_name: str = "sst2", seed: int = 0, settings: Settings | None = None
     examples = eval_examples(task, settings)
     tok = tokenizer_for(settings)
     labels = list(task.labels)
-    feats = encode(task.type, examples, tok, labels, settings.max_length)
+    from ..tasktypes import task_type
+
+    feats = task_type(task.type).encode(examples, tok, labels, settings.max_length)
     y = np.array([labels.index(ex.label) for ex in examples])
     points, summary = [], {}
     perp = float(min(perplexity, max(2.0, (len(examples) - 1) / 3)))

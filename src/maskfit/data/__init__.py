@@ -3,13 +3,13 @@
 from maskfit.data.encode import (
     IGNORE_INDEX,
     META_KEYS,
-    bucket_batches,
+    MODEL_KEYS,
     collate,
     encode,
     feature_length,
-    split_batch,
     word_predictions,
 )
+from maskfit.data.loader import batches, plan
 from maskfit.data.examples import ChoiceExample, SequenceExample, TaggingExample
 from maskfit.data.readers import (
     AGNEWS_LABELS,
@@ -28,8 +28,8 @@ from maskfit.data.readers import (
 )
 
 __all__ = [
-    "AGNEWS_LABELS", "IGNORE_INDEX", "META_KEYS", "ChoiceExample", "SequenceExample", "TaggingExample",
-    "bucket_batches", "collate", "encode", "feature_length", "read_agnews", "read_arc", "read_cola",
+    "AGNEWS_LABELS", "batches", "plan", "IGNORE_INDEX", "META_KEYS", "MODEL_KEYS", "ChoiceExample", "SequenceExample", "TaggingExample",
+    "collate", "encode", "feature_length", "read_agnews", "read_arc", "read_cola",
     "read_conll2003", "read_conllu", "read_imdb", "read_mrpc", "read_qnli", "read_rte", "read_sst2",
-    "read_swag", "read_table", "split_batch", "word_predictions",
+    "read_swag", "read_table", "word_predictions",
 ]

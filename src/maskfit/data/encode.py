@@ -1,4 +1,4 @@
-"""Tokenisation, label alignment, dynamic padding and length bucketing.
+"""Tokenisation, label alignment and dynamic padding.
 
 ``encode`` turns examples into *unpadded* features (plain lists of ints); ``collate``
 pads a batch to its own longest sequence. Feature keys:
@@ -18,13 +18,13 @@ pads a batch to its own longest sequence. Feature keys:
   the pair ``(context, choice)``); ``labels`` is the index of the right choice or -100.
 
 ``collate`` also returns batch metadata that must not reach the model: the keys in
-:data:`META_KEYS` (``word_index``, ``n_words``, ``n_kept``, ``choice_mask``). Use
-:func:`split_batch` to separate them from the model inputs.
+:data:`META_KEYS` (``word_index``, ``n_words``, ``n_kept``, ``choice_mask``);
+:func:`maskfit.tasktypes.model_inputs` picks the model's keys. Batching (length grouping,
+shards per process) is :mod:`maskfit.data.loader`.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
 import torch
@@ -38,7 +38,8 @@ IGNORE_INDEX = -100
 META_KEYS = ("word_index", "n_words", "n_kept", "choice_mask")
 """Batch keys that describe the batch but are not model inputs."""
 
-_MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+"""Batch keys the model takes (:func:`maskfit.tasktypes.model_inputs` keeps those the model embeds)."""
 
 
 def _label_ids(labels: Sequence[str]) -> dict[str, int]:
@@ -54,7 +55,7 @@ def _label_id(ids: dict[str, int], label: str, where: str) -> int:
 
 
 def _split(enc, i: int) -> dict[str, list[int]]:
-    return {k: enc[k][i] for k in _MODEL_KEYS if k in enc}
+    return {k: enc[k][i] for k in MODEL_KEYS if k in enc}
 
 
 def _encode_sequence(examples, tokenizer, labels, max_length):
@@ -125,7 +126,7 @@ def _encode_choice(examples, tokenizer, max_length):
             raise DataError(f"example {i}: label {ex.label} out of range for {len(ex.choices)} choices")
         rows = range(start, start + len(ex.choices))
         start += len(ex.choices)
-        feature = {k: [enc[k][r] for r in rows] for k in _MODEL_KEYS if k in enc}
+        feature = {k: [enc[k][r] for r in rows] for k in MODEL_KEYS if k in enc}
         feature["labels"] = IGNORE_INDEX if ex.label is None else ex.label
         features.append(feature)
     return features
@@ -173,7 +174,7 @@ def collate(features: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tens
     ``(batch, n_choices, seq)``; when examples have different numbers of choices the
     missing ones are all-padding rows and ``choice_mask`` (``(batch, n_choices)``, bool)
     is False there, so the caller should set those logits to ``-inf``. Metadata keys
-    (:data:`META_KEYS`) are included; strip them with :func:`split_batch`.
+    (:data:`META_KEYS`) are included.
     """
     if not features:
         raise ValueError("empty batch")
@@ -207,13 +208,6 @@ def collate(features: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tens
     return batch
 
 
-def split_batch(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """``(model inputs incl. labels, metadata)``: the metadata keys are :data:`META_KEYS`."""
-    inputs = {k: v for k, v in batch.items() if k not in META_KEYS}
-    meta = {k: v for k, v in batch.items() if k in META_KEYS}
-    return inputs, meta
-
-
 def word_predictions(token_preds: Sequence[int], word_index: Sequence[int], n_words: int,
                      fill: int = 0) -> list[int]:
     """Per-word predictions from per-token ones, using a feature's ``word_index``.
@@ -226,28 +220,3 @@ def word_predictions(token_preds: Sequence[int], word_index: Sequence[int], n_wo
         if w >= 0:
             words[w] = int(pred)
     return words
-
-
-def bucket_batches(lengths: Sequence[int], batch_size: int, shuffle: bool, seed: int = 0) -> list[list[int]]:
-    """Batches of example indices grouped by similar length to cut padding.
-
-    ``shuffle=False``: indices sorted by length (stable), cut into batches, in order.
-    ``shuffle=True``: a seeded permutation is cut into chunks of ~50 batches, each chunk
-    sorted by length and cut into batches, and the batches are shuffled. Deterministic
-    for a given ``seed``; every index appears exactly once.
-    """
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
-    order = list(range(len(lengths)))
-    if not shuffle:
-        order.sort(key=lambda i: lengths[i])
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    rng = random.Random(seed)
-    rng.shuffle(order)
-    chunk = 50 * batch_size
-    batches = []
-    for start in range(0, len(order), chunk):
-        part = sorted(order[start:start + chunk], key=lambda i: lengths[i])
-        batches.extend(part[i:i + batch_size] for i in range(0, len(part), batch_size))
-    rng.shuffle(batches)
-    return batches

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 ALL_MODULES = ("q", "k", "v", "ao", "i", "o")
 
@@ -14,50 +14,58 @@ class MaskConfig:
     Every field has the paper's default; ``MaskConfig()`` is the paper preset.
     """
 
-    init_sparsity: float = 0.05
+    init_sparsity: float = field(default=0.05, metadata={"help": "fraction of each masked matrix that starts at zero"})
     """Fraction of each masked weight matrix that starts at zero (paper: 5%). The
     scores are drawn so that *exactly* ``round(init_sparsity * n)`` of a layer's
     ``n`` scores start below the threshold."""
 
-    threshold: float = 5e-3
+    threshold: float = field(default=5e-3, metadata={"help": "τ: a weight is kept when its score is >= τ"})
     """The global threshold τ: a weight is kept when its score M ≥ τ. Its absolute value
     does not matter on its own; what matters is ``init_scale`` relative to the learning
     rate, because Adam moves every score by roughly ``lr`` per step whatever the gradient
     scale. 5e-3 follows piggyback/the paper's code; keeping τ > 0 makes the zero-initialised
     scores of a fresh tensor mean "pruned", which is the safe reading."""
 
-    init_scale: float = 2e-2
+    init_scale: float = field(default=2e-2, metadata={"help": "width of the initial score range"})
     """Width of the uniform range the scores are drawn from: U[τ - p·s, τ + (1 - p)·s)
     with p = ``init_sparsity`` and s = ``init_scale``. With lr 1e-4 a score at the middle
     of the range needs ~100 Adam steps to cross τ, so masks change within an epoch but
     not on the first noisy batches."""
 
-    blocks: str | list[int] | None = None
+    blocks: str | list[int] | None = field(default=None, metadata={
+        "help": "blocks to mask: '2-11', '0,3,5-7' or 'all' (default: all but the two lowest)"})
     """Transformer blocks to mask: ``"2-11"``, ``"0,3,5-7"``, ``"all"``, a list of
     indices, or ``None`` for the paper preset (all but the two lowest blocks: 2–11 of
     a 12-block model, 2–5 of a 6-block one)."""
 
-    modules: tuple[str, ...] = ALL_MODULES
+    modules: tuple[str, ...] = field(default=ALL_MODULES, metadata={
+        "help": "linears to mask in each block, comma-separated from q,k,v,ao,i,o"})
     """Linears to mask inside each selected block, a subset of ``q, k, v, ao, i, o``
     (the paper's W_Q, W_K, W_V, W_AO, W_I, W_O)."""
 
-    mask_pooler: bool = True
+    mask_pooler: bool = field(default=True, metadata={"help": "leave the pooler / pre-classifier unmasked (frozen)"})
     """Mask the pooler / pre-classifier (paper's W_P) when the model has one."""
 
-    mask_classifier: bool = True
+    mask_classifier: bool = field(default=True, metadata={"help": "leave the random classifier unmasked (frozen)"})
     """Mask the randomly initialised classifier (paper's W_T). It is never trained."""
 
     seed: int = 0
     """Seeds the initial scores (per layer, from the seed and the layer's name), so two
     tasks trained with the same seed share their initial mask."""
 
-    targets: str | None = None
+    targets: str | None = field(default=None, metadata={
+        "help": "a regular expression over module names: mask every nn.Linear it matches (replaces the above)"})
     """A regular expression (``re.search``) over full module names. When set, it
     replaces ``blocks``/``modules``/``mask_pooler``/``mask_classifier``: every
     ``nn.Linear`` whose name matches is masked. This is the escape hatch for
     architectures without a map; include the classifier in it."""
 
     def __post_init__(self) -> None:
+        import math
+
+        for name in ("init_sparsity", "threshold", "init_scale"):
+            if not isinstance(getattr(self, name), (int, float)) or not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)!r}")
         if not 0.0 <= self.init_sparsity <= 1.0:
             raise ValueError(f"init_sparsity must be in [0, 1], got {self.init_sparsity}")
         if self.init_scale <= 0:
@@ -68,6 +76,8 @@ class MaskConfig:
         unknown = sorted(set(self.modules) - set(ALL_MODULES))
         if unknown:
             raise ValueError(f"unknown module(s) {unknown}; choose from {', '.join(ALL_MODULES)}")
+        if len(set(self.modules)) != len(self.modules):
+            raise ValueError(f"modules lists a module twice: {','.join(self.modules)}")
         if self.targets is not None:
             try:
                 re.compile(self.targets)

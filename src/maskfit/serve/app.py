@@ -112,24 +112,26 @@ def create_app(multitask_model: MultiTaskModel, max_inputs: int = 64, max_length
 
 def serve(model_name: str, tasks: dict, host: str = "127.0.0.1", port: int = 8000, strategy: str = "cache",
           cache_budget_bytes: int | None = None, max_inputs: int = 64, max_length: int = 512,
-          threads: int | None = None, log_level: str = "info") -> None:
+          threads: int | None = None, log_level: str = "info", device: str = "cpu") -> None:
     """Load ``model_name`` once, register ``tasks`` (name → mask file or run dir), serve HTTP.
 
     Blocks until the server stops (Ctrl-C). Errors in the task files raise
     :class:`maskfit.MaskfileError` before the server starts. ``threads`` sets torch's
     intra-op threads (default: torch's choice); use the number of cores the server
     really owns, since an OpenMP region stalls when one of its threads is descheduled.
+    ``device`` holds the base, the masks and the merged weights (``auto``, ``cpu``, ``cuda``...).
     """
-    import torch
     import uvicorn
+
+    from ..runtime import set_threads
 
     if not tasks:
         raise MaskfitError("no tasks to serve: give at least one NAME=PATH")
-    if threads:
-        torch.set_num_threads(int(threads))
-    mt = MultiTaskModel(model_name, strategy=strategy, cache_budget_bytes=cache_budget_bytes)
+    set_threads(threads)
+    mt = MultiTaskModel(model_name, strategy=strategy, cache_budget_bytes=cache_budget_bytes, device=device)
     for name, path in tasks.items():
         mt.register(name, path)
     app = create_app(mt, max_inputs=max_inputs, max_length=max_length)
-    log.info("serving %d task(s) on base %s at http://%s:%d (strategy %s)", len(tasks), model_name, host, port, strategy)
+    log.info("serving %d task(s) on base %s (%s) at http://%s:%d (strategy %s)", len(tasks), model_name, mt.device,
+             host, port, strategy)
     uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1)
