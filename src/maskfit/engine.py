@@ -162,7 +162,8 @@ class Engine:
         return broadcast_object_list([obj], from_process=0)[0]
 
     def describe(self) -> dict:
-        return {"device": str(self.device), "precision": self.precision, "processes": self.num_processes,
+        device = self.device if self.device.type != "cpu" else torch.device("cpu")
+        return {"device": str(device), "precision": self.precision, "processes": self.num_processes,
                 "grad_accum": self.grad_accum, "max_grad_norm": self.max_grad_norm}
 
     # ------------------------------------------------------------------ training
