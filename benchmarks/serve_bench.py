@@ -41,7 +41,8 @@ from maskfit.maskfile import pack_bits, read_header  # noqa: E402
 from maskfit.masking import target_names  # noqa: E402
 from maskfit.memory import count_params, measure_resident  # noqa: E402
 from maskfit.serve import MultiTaskModel  # noqa: E402
-from maskfit.serve.multitask import DEFAULT_CACHE_BUDGET, forward_logits  # noqa: E402
+from maskfit.serve.multitask import DEFAULT_CACHE_BUDGET  # noqa: E402
+from maskfit.tasktypes import task_type  # noqa: E402
 
 MB = 1e6
 
@@ -85,6 +86,12 @@ def _ms(xs):
             "n": len(xs)}
 
 
+def _sync(device) -> None:
+    """Wait for the GPU before reading the clock (kernels run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def switch_latency(mt: MultiTaskModel, tasks: list[str], iters: int) -> dict:
     out = {}
     big = 1 << 40
@@ -96,8 +103,10 @@ def switch_latency(mt: MultiTaskModel, tasks: list[str], iters: int) -> dict:
         times = []
         for _ in range(iters):
             for t in tasks:
+                _sync(mt.device)
                 t0 = time.perf_counter()
                 mt.switch(t)
+                _sync(mt.device)
                 times.append(time.perf_counter() - t0)
         out[label] = _ms(times)
         print(f"  switch {label:10s}: median {out[label]['median_ms']:8.2f} ms  p90 {out[label]['p90_ms']:8.2f} ms")
@@ -113,15 +122,18 @@ def throughput(model_name: str, mt: MultiTaskModel, tasks: list[str], n_batches:
     examples = read_sst2(DATA / "sst2" / "dev.tsv")[: n_batches * batch_size]
     examples = [SequenceExample(ex.text) for ex in examples]
     feats = encode("sequence", examples, mt.tokenizer, ["0", "1"], 128)
-    batches = [collate(feats[i:i + batch_size], mt.tokenizer.pad_token_id) for i in range(0, len(feats), batch_size)]
+    batches = [{k: v.to(mt.device) for k, v in collate(feats[i:i + batch_size], mt.tokenizer.pad_token_id).items()}
+               for i in range(0, len(feats), batch_size)]
     n_inputs = len(examples)
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-    plain = AutoModelForSequenceClassification.from_pretrained(resolve_model(model_name), num_labels=2).eval()
+    plain = AutoModelForSequenceClassification.from_pretrained(resolve_model(model_name), num_labels=2)
+    plain = plain.to(mt.device).eval()
     stream = [tasks[i % len(tasks)] for i in range(len(batches))]  # every batch another task
+    sequence = task_type("sequence")
 
     def plain_forward(b):
         with torch.no_grad():
-            forward_logits(plain, "sequence", b)
+            sequence.logits(plain, b)
 
     configs = [("masked", "masked", None, stream), ("merge", "merge", None, stream),
                ("cache (default budget)", "cache", DEFAULT_CACHE_BUDGET, stream),
@@ -135,15 +147,18 @@ def throughput(model_name: str, mt: MultiTaskModel, tasks: list[str], n_batches:
     for label, strategy, budget, order in configs:
         mt.set_strategy(strategy, budget)
         for t, b in zip(order, batches):  # warm-up (fills the cache where it fits)
-            mt.forward(t, b)
+            mt.logits(t, b)
         plain_t, multi_t = [], []
         for _ in range(reps):
             p = m = 0.0
             for t, b in zip(order, batches):  # interleave per batch: both see the same machine load
+                _sync(mt.device)
                 t0 = time.perf_counter()
                 plain_forward(b)
+                _sync(mt.device)
                 t1 = time.perf_counter()
-                mt.forward(t, b)
+                mt.logits(t, b)
+                _sync(mt.device)
                 t2 = time.perf_counter()
                 p, m = p + (t1 - t0), m + (t2 - t1)
             plain_t.append(p)
@@ -187,7 +202,8 @@ def memory(model_name: str, files: list[Path], ns=(1, 2, 4, 8, 16)) -> dict:
 def to_markdown(res: dict) -> str:
     m = res["model"]
     lines = [f"# Serving benchmark: {m}", "",
-             f"{res['when']} · {res['platform']} · torch {res['torch']} · {res['threads']} threads · "
+             f"{res['when']} · {res['platform']} · torch {res['torch']} · {res.get('device', 'cpu')} · "
+             f"{res['threads']} threads · "
              f"command: `{res['command']}`", "",
              f"## Task switch latency ({res['n_tasks_switch']} tasks in rotation)", "",
              "| strategy | median ms | p90 ms |", "|---|---:|---:|"]
@@ -227,6 +243,7 @@ def main(argv=None) -> None:
                          "stalls whenever another process holds a core, e.g. 1.4 s instead of 50 ms per MiniLM "
                          "batch; 0 keeps torch's default)")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--device", default="cpu", help="where the served model lives (cpu, cuda, ...)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
 
@@ -234,13 +251,13 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     res = {"model": args.model, "when": time.strftime("%Y-%m-%d %H:%M"), "platform": platform.platform(),
-           "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
            "command": "python benchmarks/serve_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     with tempfile.TemporaryDirectory(prefix="maskfit-bench-") as tmp:
         n_files = max(args.tasks, 0 if args.skip_memory else args.memory_tasks)
         print(f"[{args.model}] writing {n_files} mask files ...")
         files = make_mask_files(args.model, n_files, Path(tmp))
-        mt = MultiTaskModel(args.model)
+        mt = MultiTaskModel(args.model, device=args.device)
         names = []
         for i, f in enumerate(files[: args.tasks]):
             mt.register(f"t{i}", f)
@@ -252,7 +269,7 @@ def main(argv=None) -> None:
         print(f"[{args.model}] throughput")
         res["throughput"] = throughput(args.model, mt, names, args.batches, args.batch_size, args.reps)
         del mt
-        if not args.skip_memory:
+        if not args.skip_memory and mt.device.type == "cpu":  # RSS says nothing about GPU memory
             print(f"[{args.model}] memory")
             res["memory"] = memory(args.model, files[: args.memory_tasks])
     res["wall_s"] = time.perf_counter() - t_start

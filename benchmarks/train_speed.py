@@ -23,7 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def trainer_rate(task, model_name: str, train, batch_size: int, epochs: int, max_length: int, seed: int) -> dict:
+def trainer_rate(task, model_name: str, train, batch_size: int, epochs: int, max_length: int, seed: int,
+                 device: str = "cpu", precision: str = "fp32") -> dict:
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     from maskfit.data.encode import encode
@@ -34,11 +35,11 @@ def trainer_rate(task, model_name: str, train, batch_size: int, epochs: int, max
     feats = encode(task.type, train, tok, labels, max_length)
     dataset = [{k: v for k, v in f.items() if k in ("input_ids", "attention_mask", "token_type_ids", "labels")}
                for f in feats]
-    model = build_model(model_name, task.type, labels, seed=seed)
+    model = build_model(model_name, task.type, labels, seed=seed).get_base_model()  # the plain transformers model
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=batch_size, num_train_epochs=epochs,
-                                 report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True,
-                                 seed=seed, disable_tqdm=True)
+                                 report_to=[], save_strategy="no", logging_strategy="no", use_cpu=device == "cpu",
+                                 bf16=precision == "bf16", fp16=precision == "fp16", seed=seed, disable_tqdm=True)
         trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tok))
         t0 = time.perf_counter()
         out = trainer.train()
@@ -48,15 +49,15 @@ def trainer_rate(task, model_name: str, train, batch_size: int, epochs: int, max
 
 
 def maskfit_rate(task, model_name: str, batch_size: int, epochs: int, max_length: int, seed: int,
-                 limit_train: int, precision: str) -> dict:
+                 limit_train: int, precision: str, device: str = "auto") -> dict:
     from maskfit.train import TrainArgs, fit
 
     args = TrainArgs(method="mask", lr=1e-3, epochs=epochs, patience=0, batch_size=batch_size, max_length=max_length,
-                     seed=seed, limit_train=limit_train, limit_eval=64, precision=precision)
+                     seed=seed, limit_train=limit_train, limit_eval=64, precision=precision, device=device)
     res = fit(task, model_name, None, args, progress=False)
     train_s = sum(r["train_time_s"] for r in res.metrics["epochs"])
     return {"examples_per_s": res.metrics["train_examples_per_s"], "wall_s": train_s,
-            "precision": res.metrics["precision"]}
+            "precision": res.metrics["precision"], "device": res.metrics["engine"]["device"]}
 
 
 def main() -> None:
@@ -69,23 +70,29 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (both trainers use it)")
     ap.add_argument("--out", default="benchmarks/results/train_speed.json")
     a = ap.parse_args()
     os.chdir(ROOT)
 
+    from maskfit.runtime import cpu_has_native_bf16, resolve_device, resolve_precision
     from maskfit.tasks import get_task
-    from maskfit.train import TrainArgs, bf16_supported, split_data
+    from maskfit.train import TrainArgs, split_data
 
     task = get_task(a.task)
     train, *_ = split_data(task, TrainArgs(seed=a.seed, limit_train=a.limit_train))
-    mf = maskfit_rate(task, a.model, a.batch_size, a.epochs, a.max_length, a.seed, a.limit_train, a.precision)
-    hf = trainer_rate(task, a.model, train, a.batch_size, a.epochs, a.max_length, a.seed)
+    device = resolve_device(a.device)
+    precision = resolve_precision(a.precision, device)  # Trainer gets the same autocast precision
+    mf = maskfit_rate(task, a.model, a.batch_size, a.epochs, a.max_length, a.seed, a.limit_train, a.precision,
+                      str(device))
+    hf = trainer_rate(task, a.model, train, a.batch_size, a.epochs, a.max_length, a.seed, device.type, precision)
     result = {
         "command": "python benchmarks/train_speed.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k != "out"),
         "task": a.task, "model": a.model, "n_train": len(train), "epochs": a.epochs, "batch_size": a.batch_size,
         "maskfit_mask": mf, "trainer_finetune": hf, "speedup": mf["examples_per_s"] / hf["examples_per_s"],
-        "threads": torch.get_num_threads(), "cpu_native_bf16": bf16_supported(), "cpu": platform.processor(),
+        "threads": torch.get_num_threads(), "cpu_native_bf16": cpu_has_native_bf16(), "cpu": platform.processor(),
+        "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "load_avg_at_end": os.getloadavg(),
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -48,46 +48,6 @@ def _get_task(info: dict):
     return get_task(info.pop("name"), **info)
 
 
-def _tuple(text: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in text.split(",") if x.strip())
-
-
-def add_dataclass_flags(parser, cls, *, skip: tuple[str, ...] = (), title: str | None = None) -> None:
-    """One ``--flag`` per field of dataclass ``cls`` that has ``metadata["help"]``: the defaults,
-    types, choices and help live on the dataclass only. ``bool`` fields true by default become
-    ``--no-<name>``; tuples are comma-separated."""
-    import dataclasses
-    import typing
-
-    hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(title) if title else parser
-    for f in dataclasses.fields(cls):
-        if f.name in skip or "help" not in f.metadata:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        kinds = [t for t in typing.get_args(hints[f.name]) if t is not type(None)] or [hints[f.name]]
-        kind = typing.get_origin(kinds[0]) or kinds[0]
-        flag = f.name.replace("_", "-")
-        help_text = f.metadata["help"]
-        if kind is bool:
-            name = f"--no-{flag}" if default else f"--{flag}"
-            group.add_argument(name, dest=f.name, action="store_false" if default else "store_true", help=help_text)
-            continue
-        shown = ",".join(default) if isinstance(default, tuple) else default
-        if shown not in (None, "", ()) and "default:" not in help_text:
-            help_text += f" (default: {shown})"
-        group.add_argument(f"--{flag}", dest=f.name, default=default, help=help_text,
-                           type=_tuple if kind is tuple else kind, choices=f.metadata.get("choices"))
-
-
-def dataclass_from_flags(cls, namespace, **overrides):
-    """An instance of ``cls`` from the parsed flags that name its fields."""
-    import dataclasses
-
-    kwargs = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if hasattr(namespace, f.name)}
-    return cls(**{**kwargs, **overrides})
-
-
 def add_device_flags(p: argparse.ArgumentParser, precision: bool = True) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
     if precision:
@@ -99,6 +59,7 @@ def add_device_flags(p: argparse.ArgumentParser, precision: bool = True) -> None
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .flags import add_dataclass_flags
     from .masking import MaskConfig
     from .train import TrainArgs
 
@@ -196,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(a) -> int:
+    from .flags import dataclass_from_flags
     from .masking import MaskConfig
     from .runtime import set_threads
     from .train import TrainArgs, fit
@@ -323,14 +285,14 @@ def cmd_predict(a) -> int:
         engine.end()
     if not engine.is_main:
         return 0
-    out = open(a.output, "w", encoding="utf-8") if a.output else sys.stdout
-    try:
-        for obj, ex, o in zip(inputs, examples, outputs):
-            answer = kind.answer(o, run.labels, ex)
-            out.write(json.dumps({**obj, **answer}, ensure_ascii=False) + "\n")
-    finally:
-        if a.output:
-            out.close()
+    lines = "".join(json.dumps({**obj, **kind.answer(o, run.labels, ex)}, ensure_ascii=False) + "\n"
+                    for obj, ex, o in zip(inputs, examples, outputs))
+    if a.output:
+        from .run import atomic_write
+
+        atomic_write(a.output, lines)
+    else:
+        sys.stdout.write(lines)
     return 0
 
 

@@ -167,7 +167,9 @@ def plot_memory(rows: list[dict], path: str | os.PathLike, title: str | None = N
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    from .run import atomic_write
+
+    atomic_write(path, writer=lambda tmp: fig.savefig(tmp, format="png"))
     return path
 
 

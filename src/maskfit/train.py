@@ -54,7 +54,8 @@ class TrainArgs:
         "mask: learn masks over the frozen weights; finetune: the paper's baseline, every weight trained",
         choices=METHODS))
     lr: float | None = field(default=None, metadata=_help(
-        "Adam learning rate (default: the task's paper lr for the method, else 3e-4 for masks, 3e-5 finetuning)"))
+        f"Adam learning rate (default: the task's paper lr for the method, else {DEFAULT_LR['mask']:g} for masks, "
+        f"{DEFAULT_LR['finetune']:g} for finetuning)"))
     epochs: int = field(default=10, metadata=_help("most epochs to train"))
     patience: int = field(default=2, metadata=_help("early stopping: epochs without dev gain (0: off)"))
     batch_size: int = field(default=32, metadata=_help(

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from .common import (RAW, AtPoint, Settings, add_common_args, csv_list, eval_examples, get_task, int_list, lerp,
-                     majority_score, out_dir, pyplot, scale_note, score_point, settings_from_args, tokenizer_for,
-                     write_csv, write_json)
+                     majority_score, out_dir, pyplot, save_figure, scale_note, score_point, settings_from_args,
+                     tokenizer_for, write_csv, write_json)
 from .connectivity import endpoints, gammas
 
 NAME = "bezier"
@@ -190,7 +190,7 @@ def _plot(rows, history, task, settings, path, majority=None):
     fig.suptitle(f"{task.name}: quadratic Bézier path between the masked and finetuned minima (App. B, Fig. 7)\n"
                  f"{scale_note(settings)}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -29,33 +29,45 @@ from ..masking import MaskConfig, masked_layers, merged
 log = logging.getLogger("maskfit.analysis")
 
 
+def _limit(s: str) -> int | None:
+    n = int(s)
+    if n < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return n or None
+
+
+def _f(default, help: str, **more):
+    return field(default=default, metadata={"help": help, **more})
+
+
 @dataclass
 class Settings:
-    """How an analysis trains and evaluates; the CLI's common flags map onto these.
+    """How an analysis trains and evaluates; the common ``maskfit analyze`` flags are generated
+    from these fields (:func:`add_common_args`), so each default is stated here only.
 
     The defaults are the *small* scale the analyses were written for (minutes of 2-core
     CPU with the real ``minilm``); pass ``limit_train=None`` / ``limit_eval=None`` and
     the paper's epochs and learning rates for full-scale runs.
     """
 
-    model: str = "minilm"
-    limit_train: int | None = 500
-    limit_eval: int | None = 300
-    epochs: int = 2
-    lr: float | None = 2e-3
-    """Adam lr of the mask scores (``None``: the task's paper lr, 1e-4 … 1e-3)."""
-    finetune_lr: float | None = 1e-4
-    """Adam lr of finetuning (``None``: the task's paper lr)."""
-    batch_size: int = 16
-    max_length: int = 64
+    model: str = _f("minilm", "base model")
+    limit_train: int | None = _f(500, "train on a seeded random subset of N examples; 0 = all", type=_limit)
+    limit_eval: int | None = _f(300, "evaluate on the first N dev examples; 0 = all", type=_limit)
+    epochs: int = _f(2, "training epochs per run")
+    lr: float | None = _f(2e-3, "mask-score learning rate (high because small runs take few steps; the paper "
+                                "uses 1e-4 … 1e-3 over full train sets; None: the task's paper lr)")
+    finetune_lr: float | None = _f(1e-4, "finetuning learning rate (None: the task's paper lr)")
+    batch_size: int = _f(16, "training batch size")
+    max_length: int = _f(64, "truncate inputs to N tokens")
     patience: int = 0
-    precision: str = "auto"
-    device: str = "auto"
+    precision: str = _f("auto", "autocast precision", choices=("auto", "bf16", "fp16", "fp32"))
+    device: str = _f("auto", "auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
     seed: int = 0
     progress: bool = False
-    overwrite: bool = False
-    data_dir: str | None = None
-    runs_dir: str | None = None
+    overwrite: bool = _f(False, "retrain runs already in --out")
+    data_dir: str | None = _f(None, "folder with the built-in tasks' data (default: ../shared/data)")
+    runs_dir: str | None = _f(None, "folder of the training runs, shared between analyses (default: OUT/runs)",
+                              flag="runs")
     """Where the training runs live (``None``: ``<out>/runs``). Analyses that need the
     same run (e.g. the SST-2 mask and finetune runs of tsne, connectivity, bezier,
     transfer) share it when given the same folder."""
@@ -87,47 +99,25 @@ RAW = argparse.RawDescriptionHelpFormatter
 """Sub-commands print their module docstring as written (formulas keep their layout)."""
 
 
-def add_common_args(p: argparse.ArgumentParser, name: str, tasks: str, seeds: str = "0", epochs: int = 2,
-                    limit_train: int | None = 500, limit_eval: int | None = 300) -> None:
-    """The flags every ``maskfit analyze`` sub-command takes."""
+def add_common_args(p: argparse.ArgumentParser, name: str, tasks: str, seeds: str = "0") -> None:
+    """The flags every ``maskfit analyze`` sub-command takes: ``--tasks``, ``--seeds``, ``--out``,
+    ``--quiet`` and one flag per documented :class:`Settings` field."""
+    from ..flags import add_dataclass_flags
+
     g = p.add_argument_group("scale and training (every run goes through maskfit.train.fit)")
-    g.add_argument("--model", default="minilm", help="base model (default: minilm)")
     g.add_argument("--tasks", default=tasks, help=f"comma-separated task names (default: {tasks})")
     g.add_argument("--seeds", default=seeds, help=f"comma-separated seeds (default: {seeds})")
-    g.add_argument("--limit-train", type=_limit, default=limit_train,
-                   help=f"train on a seeded random subset of N examples; 0 = all (default: {limit_train})")
-    g.add_argument("--limit-eval", type=_limit, default=limit_eval,
-                   help=f"evaluate on the first N dev examples; 0 = all (default: {limit_eval})")
-    g.add_argument("--epochs", type=int, default=epochs, help=f"training epochs per run (default: {epochs})")
-    g.add_argument("--lr", type=float, default=2e-3,
-                   help="mask-score learning rate (default: 2e-3, high because small runs take few steps; "
-                        "the paper uses 1e-4 … 1e-3 over full train sets)")
-    g.add_argument("--finetune-lr", type=float, default=1e-4, help="finetuning learning rate (default: 1e-4)")
-    g.add_argument("--batch-size", type=int, default=16, help="training batch size (default: 16)")
-    g.add_argument("--max-length", type=int, default=64, help="truncate inputs to N tokens (default: 64)")
-    g.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
-    g.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
-    g.add_argument("--data-dir", help="folder with the built-in tasks' data (default: ../shared/data)")
     g.add_argument("--out", default=f"analysis/{name}",
                    help=f"output folder: runs, {name}.png and the numbers (default: analysis/{name}); "
                         "runs already completed there are reused, not retrained")
-    g.add_argument("--runs", help="folder of the training runs, shared between analyses (default: OUT/runs)")
-    g.add_argument("--overwrite", action="store_true", help="retrain runs already in --out")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _limit(s: str) -> int | None:
-    n = int(s)
-    if n < 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return n or None
+    add_dataclass_flags(p, Settings, title="settings")
 
 
 def settings_from_args(a) -> Settings:
-    return Settings(model=a.model, limit_train=a.limit_train, limit_eval=a.limit_eval, epochs=a.epochs, lr=a.lr,
-                    finetune_lr=a.finetune_lr, batch_size=a.batch_size, max_length=a.max_length,
-                    precision=a.precision, device=a.device, progress=not a.quiet, overwrite=a.overwrite,
-                    data_dir=a.data_dir, runs_dir=a.runs)
+    from ..flags import dataclass_from_flags
+
+    return dataclass_from_flags(Settings, a, progress=not a.quiet)
 
 
 def csv_list(s: str) -> list[str]:
@@ -385,15 +375,19 @@ def out_dir(path: str | Path) -> Path:
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
+    import io
+
+    from ..run import atomic_write
+
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _fmt(v) for k, v in r.items()})
-    return path
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _fmt(v) for k, v in r.items()})
+    return atomic_write(path, buf.getvalue())
 
 
 def _fmt(v):
@@ -403,8 +397,16 @@ def _fmt(v):
 
 
 def write_json(path: Path, data) -> Path:
-    path.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    return path
+    from ..run import atomic_write
+
+    return atomic_write(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> Path:
+    """Write a matplotlib figure as PNG, atomically (as every file maskfit writes)."""
+    from ..run import atomic_write
+
+    return atomic_write(path, writer=lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
 
 
 def _json_default(o):

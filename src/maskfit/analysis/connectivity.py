@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from .common import (RAW, Settings, add_common_args, csv_list, eval_examples, get_task, int_list, lerp,
-                     majority_score, out_dir, param_point, plain_model, pyplot, scale_note, score_point,
-                     settings_from_args, tokenizer_for, train_run, write_csv, write_json)
+                     majority_score, out_dir, param_point, plain_model, pyplot, save_figure, scale_note,
+                     score_point, settings_from_args, tokenizer_for, train_run, write_csv, write_json)
 
 NAME = "connectivity"
 PAIRS = (("masked", "finetuned"), ("pretrained", "finetuned"), ("pretrained", "masked"))
@@ -100,7 +100,7 @@ def _plot(rows, pairs, task, settings, path, majority=None):
     fig.suptitle(f"{task.name}: linear mode connectivity of pretrained, finetuned and masked models (Fig. 6)\n"
                  f"{scale_note(settings)}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..masking import MaskConfig
 from .common import (RAW, Settings, add_common_args, csv_list, get_task, int_list, majority_score, mean_std,
-                     num_blocks, out_dir, pyplot, scale_note, settings_from_args, train_run, write_csv, write_json)
+                     num_blocks, out_dir, pyplot, save_figure, scale_note, settings_from_args, train_run,
+                     write_csv, write_json)
 
 NAME = "layers"
 DIRECTIONS = ("bottom-up", "top-down")
@@ -96,7 +97,7 @@ def _plot(summary, tasks, settings, n, path, majority=None):
     fig.suptitle(f"Masking only k transformer blocks, bottom-up vs top-down (Fig. 2)\n"
                  f"pooler (if the head has one) and classifier always masked\n{scale_note(settings)}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

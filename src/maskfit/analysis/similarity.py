@@ -51,8 +51,8 @@ import torch
 
 from ..masking import initial_scores
 from ..maskfile import read_maskfile
-from .common import (RAW, Settings, add_common_args, csv_list, get_task, int_list, out_dir, pyplot, scale_note,
-                     settings_from_args, train_run, write_csv, write_json)
+from .common import (RAW, Settings, add_common_args, csv_list, get_task, int_list, out_dir, pyplot, save_figure,
+                     scale_note, settings_from_args, train_run, write_csv, write_json)
 
 NAME = "similarity"
 _BLOCK = re.compile(r"(?:^|\.)(?:layer|layers|block|blocks)\.(\d+)\.")
@@ -226,7 +226,7 @@ def _plot(group_rows, tasks, settings, path):
     fig.suptitle(f"Dissimilarity of masks learned for different tasks from the same initial mask (Fig. 5)\n"
                  f"{scale_note(settings)}", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ..masking import MaskConfig
 from .common import (RAW, Settings, add_common_args, csv_list, float_list, get_task, int_list, majority_score,
-                     mean_std, out_dir, pyplot, scale_note, settings_from_args, train_run, write_csv, write_json)
+                     mean_std, out_dir, pyplot, save_figure, scale_note, settings_from_args, train_run, write_csv,
+                     write_json)
 
 NAME = "sparsity_sweep"
 DEFAULT_SPARSITIES = (0.01, 0.03, 0.05, 0.10, 0.20, 0.50, 0.95)
@@ -69,7 +70,7 @@ def _plot(summary, tasks, sparsities, settings, path, majority=None):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

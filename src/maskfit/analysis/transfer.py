@@ -19,8 +19,8 @@ from collections import Counter
 from pathlib import Path
 
 from ..train import evaluate
-from .common import (RAW, Settings, add_common_args, get_task, int_list, out_dir, pyplot, scale_note, settings_from_args,
-                     tokenizer_for, train_run, write_csv, write_json)
+from .common import (RAW, Settings, add_common_args, get_task, int_list, out_dir, pyplot, save_figure, scale_note,
+                     settings_from_args, tokenizer_for, train_run, write_csv, write_json)
 
 NAME = "transfer"
 METHODS = ("mask", "finetune")
@@ -112,7 +112,7 @@ def _plot(rows, settings, path):
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import (RAW, Settings, add_common_args, csv_list, eval_examples, get_task, int_list, out_dir, plain_model,
-                     pyplot, scale_note, settings_from_args, tokenizer_for, train_run, write_csv, write_json)
+from .common import (RAW, Settings, add_common_args, csv_list, eval_examples, get_task, int_list, out_dir,
+                     plain_model, pyplot, save_figure, scale_note, settings_from_args, tokenizer_for, train_run,
+                     write_csv, write_json)
 
 NAME = "tsne"
 MODELS = ("pretrained", "finetuned", "masked")
@@ -115,7 +116,7 @@ def _plot(points, labels, summary, task, settings, path):
     fig.suptitle(f"{task.name}: t-SNE of the top block's [CLS] vectors on dev (Fig. 4)\n{scale_note(settings)}",
                  fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

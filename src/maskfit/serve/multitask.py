@@ -480,6 +480,17 @@ class MultiTaskModel:
                                             "shorten it or allow truncation")
         return examples, feats
 
+    def logits(self, task_name: str, batch: dict) -> torch.Tensor:
+        """Logits of an already collated batch (:func:`maskfit.data.collate`, on this model's device).
+
+        For callers that batch requests themselves: switches to the task if needed and runs
+        the forward, both under the model lock.
+        """
+        with self._lock, torch.no_grad():
+            task = self._task(task_name)
+            self._switch(task)
+            return task.kind.logits(self._model_of(task), batch)
+
     def outputs(self, task_name: str, inputs, max_length: int | None = None, truncate: bool = True) -> list:
         """Each input's output (its logits, see :mod:`maskfit.tasktypes`), in input order."""
         return self._run(task_name, inputs, max_length, truncate)[1]
