@@ -268,8 +268,9 @@ def main(argv=None) -> None:
         res["switch"] = switch_latency(mt, names, args.iters)
         print(f"[{args.model}] throughput")
         res["throughput"] = throughput(args.model, mt, names, args.batches, args.batch_size, args.reps)
+        on_cpu = mt.device.type == "cpu"
         del mt
-        if not args.skip_memory and mt.device.type == "cpu":  # RSS says nothing about GPU memory
+        if not args.skip_memory and on_cpu:  # RSS says nothing about GPU memory
             print(f"[{args.model}] memory")
             res["memory"] = memory(args.model, files[: args.memory_tasks])
     res["wall_s"] = time.perf_counter() - t_start

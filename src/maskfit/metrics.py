@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import chain
 
-from seqeval.metrics import f1_score
-from sklearn.metrics import accuracy_score, matthews_corrcoef
 
 METRIC_NAMES = {
     "accuracy": "accuracy",
@@ -34,6 +32,11 @@ def compute_metric(name: str, preds: Sequence, golds: Sequence) -> float:
 
     Returns a float in [0, 1] (MCC in [-1, 1]; 0 when undefined, e.g. one class only).
     """
+    # Imported here: scikit-learn and seqeval bring SciPy and pandas (~140 MB of RSS) that a
+    # server, which never scores, should not pay for.
+    from seqeval.metrics import f1_score
+    from sklearn.metrics import accuracy_score, matthews_corrcoef
+
     if name not in METRIC_NAMES:
         raise ValueError(f"unknown metric {name!r} (known: {', '.join(METRIC_NAMES)})")
     if len(preds) != len(golds):

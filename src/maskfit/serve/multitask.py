@@ -380,9 +380,10 @@ class MultiTaskModel:
         if strategy not in STRATEGIES:
             raise MaskfitError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
         with self._lock:
-            for m in self._active:
-                m.set_active(None)
-                m.scratch = None
+            for task in self._tasks.values():
+                for m in task.layers.values():
+                    m.set_active(None)
+                    m.scratch = None
             self._active, self._current = [], None
             self._buffers.clear()
             self._scratch.clear()
@@ -410,14 +411,14 @@ class MultiTaskModel:
         for m in self._active:
             if id(m) not in now:
                 m.set_active(None)
-                m.scratch = None
         if self.strategy == "masked":
             for m in task.layers.values():
                 key = (tuple(m.weight.shape), m.weight.dtype)
                 if key not in self._scratch:  # one per shape: layers run one after the other
                     self._scratch[key] = torch.empty_like(m.weight, memory_format=torch.contiguous_format)
                 m.set_active(task.name)
-                m.scratch = self._scratch[key]
+                if m.scratch is not self._scratch[key]:
+                    m.scratch = self._scratch[key]
         elif self.strategy == "merge":
             for m in task.layers.values():
                 buf = self._buffers.get(id(m))
@@ -431,8 +432,7 @@ class MultiTaskModel:
                 self._cache.move_to_end(task.name)
                 self.stats["cache_hits"] += 1
                 for m in task.layers.values():
-                    m.set_active(task.name, unpack=False)
-                    m.merged = merged[id(m)]
+                    m.use_merged(task.name, merged[id(m)])
             else:
                 self._merge_into_cache(task)
         self._active = list(task.layers.values())
