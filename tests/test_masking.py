@@ -517,3 +517,28 @@ def test_config_round_trips_through_dict():
     assert d["modules"] == ["q", "v"]
     assert MaskConfig.from_dict(d) == cfg
     assert MaskConfig.from_dict({**d, "unknown_future_key": 1}) == cfg
+
+
+# --------------------------------------------------------------------------- LoRA targets (method lora)
+
+LORA_LEAVES = {"bert": {"query", "value"}, "roberta": {"query", "value"}, "distilbert": {"q_lin", "v_lin"},
+               "mpnet": {"q", "v"}}
+LORA_HEAD = {"bert": ["classifier"], "roberta": ["classifier"], "distilbert": ["pre_classifier", "classifier"],
+             "mpnet": ["classifier"]}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lora_targets_follow_the_architecture_maps(true_shape_models, arch):
+    """--lora-targets q,v puts adapters on the query and value linears of every block (and nowhere in
+    the head, which trains whole through modules_to_save), whatever the architecture calls them."""
+    pytest.importorskip("peft")
+    from maskfit.lora import add_lora, lora_config
+
+    model = true_shape_models(arch, "sequence")
+    cfg = lora_config(model, r=8, targets=("q", "v"))
+    assert cfg.modules_to_save == LORA_HEAD[arch]
+    add_lora(model, cfg)
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in model.get_base_model().named_parameters() if ".lora_A." in n}
+    assert len(adapted) == 2 * NUM_BLOCKS[arch]
+    assert {n.rsplit(".", 1)[-1] for n in adapted} == LORA_LEAVES[arch]
+    assert all(f".{BLOCKS_PATH[arch]}." in n for n in adapted)

@@ -32,14 +32,19 @@ def run_cli(args, capsys) -> tuple[int, str, str]:
     return rc, out, err
 
 
-@pytest.mark.parametrize("method", ["mask", "finetune"])
+LR = {"mask": "1e-3", "finetune": "5e-5", "lora": "5e-4"}
+
+
+@pytest.mark.parametrize("method", ["mask", "finetune", "lora"])
 @pytest.mark.parametrize("kind", list(CASES))
 def test_train_eval_predict_round_trip(kind, method, tmp_path, capsys):
+    from maskfit.run import BEST_FILE
+
     task, inputs = CASES[kind]
     pooling = "mean" if kind.endswith("-mean") else "cls"
     out = tmp_path / "run"
     rc, stdout, err = run_cli(["train", "--task", task, "--method", method, "--out", out, "--epochs", "1",
-                               "--lr", "1e-3" if method == "mask" else "5e-5", "--pooling", pooling, *FAST], capsys)
+                               "--lr", LR[method], "--pooling", pooling, *FAST], capsys)
     assert rc == 0, err
     assert load_run(out).model().pooling == pooling  # eval, predict and serve rebuild the same head
     assert f"{task}: best dev" in stdout
@@ -47,7 +52,7 @@ def test_train_eval_predict_round_trip(kind, method, tmp_path, capsys):
     assert metrics["completed"] and len(metrics["epochs"]) == 1 and metrics["n_train"] == 16
     assert metrics["train_examples_per_s"] > 0 and metrics["wall_time_s"] > 0
     assert "torch" in metrics["versions"]
-    weights = out / ("task.masks" if method == "mask" else "model.safetensors")
+    weights = out / BEST_FILE[method]
     assert weights.is_file() and not (out / "checkpoint").exists()
     assert (out / "train.log").read_text().count("epoch 1:") == 1
 
@@ -95,6 +100,19 @@ def test_finetune_trains_every_weight_and_mask_trains_none(tmp_path):
     mk = fit(task, "minilm", None, TrainArgs(method="mask", lr=1e-2, **args), progress=False).model
     assert torch.equal(mk.bert.embeddings.word_embeddings.weight, emb0)
     assert torch.equal(mk.bert.encoder.layer[3].output.dense.weight, base.bert.encoder.layer[3].output.dense.weight)
+    # LoRA: adapters on query and value of every block and the head train; the pretrained weights do not
+    from maskfit.masking import unwrap
+
+    lo = fit(task, "minilm", None, TrainArgs(method="lora", lr=1e-2, **args), progress=False).model
+    inner = unwrap(lo)  # the transformers model, LoRA layers inside
+    q = inner.bert.encoder.layer[0].attention.self.query
+    assert torch.equal(q.base_layer.weight, base.bert.encoder.layer[0].attention.self.query.weight)
+    assert torch.equal(inner.bert.embeddings.word_embeddings.weight, emb0)
+    assert q.lora_B["default"].weight.abs().sum() > 0  # B starts at zero: it moved
+    trained = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n, p in inner.named_parameters()
+               if p.requires_grad and ".lora_" in n}
+    assert trained == {"query", "value"}
+    assert any(n.startswith("classifier.modules_to_save") and p.requires_grad for n, p in inner.named_parameters())
 
 
 class Interrupt(Exception):
@@ -182,9 +200,11 @@ def test_bad_arguments_get_one_line_errors(argv, needle, tmp_path, capsys):
     assert needle in one_line_error(*run_cli(argv, capsys)[::2])
 
 
-def test_wrong_base_for_mask_file_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("method", ["mask", "lora"])
+def test_wrong_base_for_mask_file_is_refused(method, tmp_path, capsys):
     out = tmp_path / "run"
-    assert run_cli(["train", "--task", "sst2", "--out", out, "--epochs", "1", *FAST], capsys)[0] == 0
+    assert run_cli(["train", "--task", "sst2", "--method", method, "--out", out, "--epochs", "1", *FAST],
+                   capsys)[0] == 0
     info = json.loads((out / "run.json").read_text())
     # a different base: MiniLM with one embedding row changed, saved as a local model folder
     from transformers import AutoModel

@@ -44,7 +44,9 @@ def base_state(model: nn.Module) -> dict[str, torch.Tensor]:
             continue
         if name.endswith("position_ids") or name.endswith("token_type_ids"):
             continue  # index buffers, not weights
-        out[name] = t
+        if ".lora_" in name:
+            continue  # a LoRA adapter is not the base: its frozen weight sits under '<layer>.base_layer'
+        out[name.replace(".base_layer.", ".")] = t
     return out
 
 

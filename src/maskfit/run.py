@@ -5,7 +5,8 @@
     run.json            how to rebuild the task and the model; compared on resume
     train.log           the log of every attempt
     task.masks          the best epoch's masks (method mask), or
-    model.safetensors   the best epoch's weights (method finetune)
+    model.safetensors   the best epoch's weights (method finetune), or
+    lora.safetensors    the best epoch's LoRA adapter and head (method lora)
     metrics.json        written last: per-epoch scores, best, test, wall time, versions
     checkpoint/         while training: progress.json (the last complete epoch and the
                         bookkeeping) and epoch-N/ (accelerate's state: trainable tensors,
@@ -40,6 +41,9 @@ METRICS_FILE = "metrics.json"
 LOG_FILE = "train.log"
 MASK_FILE = "task.masks"
 WEIGHTS_FILE = "model.safetensors"
+LORA_FILE = "lora.safetensors"
+BEST_FILE = {"mask": MASK_FILE, "finetune": WEIGHTS_FILE, "lora": LORA_FILE}
+"""The file that holds a run's best epoch, per method."""
 CHECKPOINT_DIR = "checkpoint"
 PROGRESS_FILE = "progress.json"
 RESUME_FREE = ("epochs", "patience", "eval_batch_size", "device", "log_with")
@@ -127,7 +131,7 @@ class RunDir:
         """
         run_file = self.path / RUN_FILE
         if overwrite and run_file.exists() and self.is_main:
-            for name in (CHECKPOINT_DIR, METRICS_FILE, MASK_FILE, WEIGHTS_FILE, RUN_FILE, LOG_FILE):
+            for name in (CHECKPOINT_DIR, METRICS_FILE, *BEST_FILE.values(), RUN_FILE, LOG_FILE):
                 p = self.path / name
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         if not overwrite and run_file.exists():
@@ -187,6 +191,10 @@ class RunDir:
             from .maskfile import save_masks
 
             save_masks(model, self.path / MASK_FILE, extra=extra)
+        elif method == "lora":
+            from .lora import save_lora
+
+            save_lora(model, self.path / LORA_FILE)
         else:
             save_weights(model, self.path / WEIGHTS_FILE)
 
@@ -282,7 +290,7 @@ class Run:
 
         from .heads import build_model
 
-        weights = self.path / (MASK_FILE if self.method == "mask" else WEIGHTS_FILE)
+        weights = self.path / BEST_FILE[self.method]
         if not weights.exists():
             raise RunError(f"{self.path} has no {weights.name} yet (no epoch finished)")
         if self.method == "mask" and model_config is None:
@@ -296,6 +304,10 @@ class Run:
             from .maskfile import load_masks
 
             return load_masks(model, weights).to(device or "cpu")
+        if self.method == "lora":
+            from .lora import load_lora
+
+            return load_lora(model, weights).to(device or "cpu").eval()
         from safetensors.torch import load_model
 
         from .masking.apply import unwrap

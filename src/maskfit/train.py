@@ -25,20 +25,21 @@ from torch import nn
 from .engine import TRACKERS, Engine, predict_outputs
 from .errors import ConfigError, DataError
 from .heads import POOLINGS, build_model, check_head, load_tokenizer
-from .masking import MaskConfig, binary_masks, mask_model, mask_stats
+from .masking import ALL_MODULES, MaskConfig, binary_masks, mask_model, mask_stats
 from .run import RunDir, load_run, versions
 from .runtime import PRECISIONS
 from .tasktypes import task_type
 
 log = logging.getLogger("maskfit.train")
 
-METHODS = ("mask", "finetune")
-DEFAULT_LR = {"mask": 3e-4, "finetune": 3e-5}
+METHODS = ("mask", "finetune", "lora")
+DEFAULT_LR = {"mask": 3e-4, "finetune": 3e-5, "lora": 5e-4}
 """Defaults when neither ``--lr`` nor a task lr applies (paper Table 4 ranges:
 mask 1e-3 … 1e-4, finetune 1e-5 … 5e-5). Mask 3e-4, measured on dev
 (benchmarks/results/grid_mrpc-lr.md): on full MRPC, 1e-3 stayed at the majority class
 while 3e-4 reached 77.9 in 4 epochs; 5e-3 and above give a constant prediction even on
-SST-2. 1e-3 learns faster only on very short runs (a few hundred steps)."""
+SST-2. 1e-3 learns faster only on very short runs (a few hundred steps). LoRA 5e-4: the
+LoRA paper's RoBERTa-base GLUE rates (4e-4 to 5e-4, Hu et al. 2021, Table 9)."""
 
 
 def _help(text: str, **more) -> dict:
@@ -51,8 +52,8 @@ class TrainArgs:
     place for each default); ``metadata["help"]`` is the flag's help."""
 
     method: str = field(default="mask", metadata=_help(
-        "mask: learn masks over the frozen weights; finetune: the paper's baseline, every weight trained",
-        choices=METHODS))
+        "mask: learn masks over the frozen weights; finetune: the paper's baseline, every weight trained; "
+        "lora: low-rank adapters (peft) on --lora-targets and the head trained", choices=METHODS))
     lr: float | None = field(default=None, metadata=_help(
         f"Adam learning rate (default: the task's paper lr for the method, else {DEFAULT_LR['mask']:g} for masks, "
         f"{DEFAULT_LR['finetune']:g} for finetuning)"))
@@ -85,11 +86,18 @@ class TrainArgs:
         "set every dropout probability of the model (default: keep the checkpoint's)"))
     log_with: tuple[str, ...] = field(default=(), metadata=_help(
         "also log every epoch to these trackers (comma-separated: tensorboard, wandb), under --out"))
+    lora_r: int = field(default=8, metadata=_help("LoRA rank (method lora)"))
+    lora_alpha: float = field(default=16.0, metadata=_help("LoRA scaling alpha (method lora)"))
+    lora_targets: tuple[str, ...] = field(default=("q", "v"), metadata=_help(
+        "linears that get adapters in every block, from q,k,v,ao,i,o (method lora)"))
+    lora_dropout: float = field(default=0.1, metadata=_help("dropout on the adapters' input (method lora)"))
 
     def __post_init__(self) -> None:
-        if isinstance(self.log_with, str):
-            self.log_with = tuple(t.strip() for t in self.log_with.split(",") if t.strip())
-        self.log_with = tuple(self.log_with or ())
+        for name in ("log_with", "lora_targets"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = tuple(t.strip() for t in value.split(",") if t.strip())
+            setattr(self, name, tuple(value or ()))
         checks = [
             (self.method in METHODS, f"unknown method {self.method!r}; expected {' or '.join(METHODS)}"),
             (self.lr is None or (math.isfinite(self.lr) and self.lr > 0), f"--lr must be a positive number, got {self.lr}"),
@@ -109,6 +117,11 @@ class TrainArgs:
             (self.pooling in POOLINGS, f"unknown pooling {self.pooling!r}; expected {' or '.join(POOLINGS)}"),
             (self.dropout is None or 0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}"),
             (set(self.log_with) <= set(TRACKERS), f"--log-with takes {', '.join(TRACKERS)}, got {','.join(self.log_with)}"),
+            (self.lora_r >= 1, f"--lora-r must be >= 1, got {self.lora_r}"),
+            (math.isfinite(self.lora_alpha) and self.lora_alpha > 0, f"--lora-alpha must be > 0, got {self.lora_alpha}"),
+            (0.0 <= self.lora_dropout < 1.0, f"--lora-dropout must be in [0, 1), got {self.lora_dropout}"),
+            (bool(self.lora_targets) and set(self.lora_targets) <= set(ALL_MODULES),
+             f"--lora-targets takes names from {','.join(ALL_MODULES)}, got {','.join(self.lora_targets)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -204,11 +217,15 @@ class FitResult:
 
 def make_model(model_name: str, task, args: TrainArgs, mask_config: MaskConfig | None,
                model_config=None) -> nn.Module:
-    """The task model for ``args.method``: masked (only scores train) or fully trainable."""
+    """The task model for ``args.method``: masked (only scores train), LoRA (adapters and head) or fully trainable."""
     model = build_model(model_name, task.type, task_labels(task), seed=args.seed, config=model_config,
                         pooling=args.pooling, dropout=args.dropout)
     if args.method == "mask":
         mask_model(model, mask_config or MaskConfig(seed=args.seed))
+    elif args.method == "lora":
+        from .lora import add_lora, lora_config
+
+        add_lora(model, lora_config(model, args.lora_r, args.lora_alpha, args.lora_targets, args.lora_dropout))
     else:
         for p in model.parameters():
             p.requires_grad_(True)
