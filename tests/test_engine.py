@@ -310,3 +310,63 @@ def test_cuda_unpacking_equals_the_cpu_format():
     packed = pack_bits(m)
     assert torch.equal(unpack_bits(packed.cuda(), m.shape).cpu(), m)
     assert torch.equal(pack_bits(m.cuda()).cpu(), packed)
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def test_mask_diagnostics_count_flipped_bits_by_hand(tiny_bert_config):
+    from maskfit import MaskConfig, mask_model
+    from maskfit.masking import binary_masks, masked_layers
+    from maskfit.train import mask_diagnostics
+
+    model = build_model("tiny", "sequence", ["a", "b"], config=tiny_bert_config)
+    mask_model(model, MaskConfig(init_sparsity=0.25, blocks="all"))
+    before = {n: m.clone() for n, m in binary_masks(model).items()}
+    total = sum(m.numel() for m in before.values())
+    zeros = sum(int((~m).sum()) for m in before.values())
+    assert mask_diagnostics(model, None) == {"sparsity": zeros / total}
+    # flip exactly 7 kept weights to pruned and 3 pruned weights to kept, in two layers
+    layers = list(masked_layers(model).values())
+    with torch.no_grad():
+        kept = (layers[0].scores >= layers[0].threshold).nonzero()[:7]
+        layers[0].scores[kept[:, 0], kept[:, 1]] = -1.0
+        pruned = (layers[1].scores < layers[1].threshold).nonzero()[:3]
+        layers[1].scores[pruned[:, 0], pruned[:, 1]] = 1.0
+    d = mask_diagnostics(model, before)
+    assert d["flipped"] == 10 / total
+    assert d["sparsity"] == (zeros + 7 - 3) / total
+
+
+def test_gradient_norm_is_the_norm_of_the_score_gradients(tiny_bert_config, monkeypatch):
+    """The recorded norm is the global L2 norm of the trainable tensors' gradients at each
+    optimizer step, here one step: checked against the gradients the optimizer saw."""
+    from maskfit import MaskConfig, load_tokenizer, mask_model
+    from maskfit.data import SequenceExample
+    from maskfit.engine import Engine
+    from maskfit.tasktypes import task_type
+
+    model = build_model("tiny", "sequence", ["0", "1"], config=tiny_bert_config)
+    mask_model(model, MaskConfig(blocks="all"))
+    tok = load_tokenizer("minilm")
+    kind = task_type("sequence")
+    exs = [SequenceExample(t, None, l) for t, l in [("good", "1"), ("bad film", "0"), ("fine", "1"), ("dull", "0")]]
+    feats = kind.encode(exs, tok, ["0", "1"], 16)
+    for f in feats:  # tiny vocabulary of the test config
+        f["input_ids"] = [i % 128 for i in f["input_ids"]]
+    engine = Engine("cpu", "fp32")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    model, opt = engine.prepare(model, opt)
+    seen = []
+    step = opt.step
+
+    def spy(*a, **k):
+        seen.append(float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params))))
+        return step(*a, **k)
+
+    monkeypatch.setattr(opt, "step", spy)
+    stats = engine.train_epoch(model, opt, None, kind, feats, tok.pad_token_id, batch_size=4, seed=0)
+    engine.end()
+    assert len(seen) == 1 and seen[0] > 0
+    assert stats["grad_norm"] == pytest.approx(seen[0], rel=1e-5)

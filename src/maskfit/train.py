@@ -340,7 +340,7 @@ def _fit(engine: Engine, task, model_name, out_dir, args, mask_config, model_con
                       "eval_time_s": time.perf_counter() - t_eval, "grad_norm": stats["grad_norm"],
                       "lr": scheduler.get_last_lr()[0]}
             if args.method == "mask":
-                record.update(_mask_diagnostics(engine.unwrap(model), previous))
+                record.update(mask_diagnostics(engine.unwrap(model), previous))
                 previous = binary_masks(engine.unwrap(model))
             history.append(record)
             improved = score > best
@@ -352,8 +352,9 @@ def _fit(engine: Engine, task, model_name, out_dir, args, mask_config, model_con
                     best_state = trainable_state(engine.unwrap(model))
             else:
                 stale += 1
-            log.info("epoch %d: loss %.4f dev %s %.4f%s (%.0f ex/s%s)", epoch + 1, record["train_loss"], task.metric,
-                     score, " *best*" if improved else "", record["train_examples_per_s"],
+            log.info("epoch %d: loss %.4f dev %s %.4f%s (%.0f ex/s, grad norm %s%s)", epoch + 1, record["train_loss"],
+                     task.metric, score, " *best*" if improved else "", record["train_examples_per_s"],
+                     f"{record['grad_norm']:.3g}" if record["grad_norm"] is not None else "-",
                      f", mask sparsity {record['sparsity']:.4f}, flipped {record['flipped']:.5f}"
                      if "flipped" in record else "")
             engine.log({f"train/{k}" if k != "dev_score" else "dev/score": v for k, v in record.items()
@@ -402,8 +403,11 @@ def _fit(engine: Engine, task, model_name, out_dir, args, mask_config, model_con
         RunDir.detach_log(handler)
 
 
-def _mask_diagnostics(model: nn.Module, previous: dict[str, torch.Tensor] | None) -> dict:
-    """Sparsity of the trained mask and the fraction of its bits flipped since ``previous``."""
+def mask_diagnostics(model: nn.Module, previous: dict[str, torch.Tensor] | None) -> dict:
+    """Sparsity of the active mask and the fraction of its bits flipped since ``previous`` (layer → bool mask).
+
+    A mask that stalls shows here first: almost no bits flip from one epoch to the next.
+    """
     now = binary_masks(model)
     total = sum(m.numel() for m in now.values())
     zeros = sum(int((~m).sum()) for m in now.values())
