@@ -114,6 +114,8 @@ def mask_model(model: nn.Module, config: MaskConfig | None = None,
         raise ValueError(f"model is already masked with a mask named '{name}'")
     for p in inner.parameters():
         p.requires_grad_(False)
+    if masks is None and config.classifier_scale != 1.0:
+        _scale_classifier(inner, config.classifier_scale)
     for layer_name in names:
         lin = _linear(inner, layer_name)
         if lin is None:
@@ -133,6 +135,16 @@ def mask_model(model: nn.Module, config: MaskConfig | None = None,
     if isinstance(getattr(model, "mask_configs", None), dict):
         model.mask_configs[name] = config
     return model
+
+
+def _scale_classifier(model: nn.Module, scale: float) -> None:
+    """Multiply the random classifier W_T (the head's output projection) by ``scale``, in place."""
+    arch = architecture_for(getattr(model.config, "model_type", type(model).__name__))
+    name = next((c for c in arch.classifier if _linear(model, c) is not None), None)
+    if name is None:
+        raise ValueError("classifier_scale needs a classifier the architecture map names")
+    with torch.no_grad():
+        _linear(model, name).weight.mul_(scale)
 
 
 def set_active_mask(model: nn.Module, name: str | None) -> None:
