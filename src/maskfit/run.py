@@ -287,14 +287,14 @@ class RunDir:
             if not isinstance(old, dict) or not isinstance(old.get("args"), dict):
                 raise RunError(f"{run_file} is corrupt; pass --overwrite to start over")
             data, other = _differences(old, info, defaults)
+            if other:  # another task or other arguments: its data differs too, but that is not the news
+                shown = "; ".join(other[:4]) + (f"; and {len(other) - 4} more" if len(other) > 4 else "")
+                raise RunError(f"{self.path} holds a different run ({shown}); use another --out, or pass "
+                               "--overwrite to start over")
             if data:
                 raise RunError(f"the data of the run in {self.path} changed since it started: {'; '.join(data)}. "
                                "Resuming would mix epochs trained and scored on different data: restore the "
                                "data, or pass --overwrite to start over")
-            if other:
-                shown = "; ".join(other[:4]) + (f"; and {len(other) - 4} more" if len(other) > 4 else "")
-                raise RunError(f"{self.path} holds a different run ({shown}); use another --out, or pass "
-                               "--overwrite to start over")
             progress = self.progress()
             if progress is not None:
                 if write:
