@@ -219,10 +219,15 @@ def _differences(old: dict, new: dict, defaults: dict) -> tuple[list[str], list[
         for k in sorted(set(x) | set(y)):
             if x.get(k) != y.get(k):
                 other.append(f"--{k.replace('_', '-')} was {_show(x.get(k))}, now {_show(y.get(k))}")
-    for k in sorted(set(a) | set(b)):
-        if a.get(k) != b.get(k):
-            other.append(f"{k} was {_show(a.get(k))}, now {_show(b.get(k))}")
+    top = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if other or set(top) - _DERIVED:  # say what the user changed, not what followed from it
+        top = [k for k in top if k not in _DERIVED]
+    other += [f"{k} was {_show(a.get(k))}, now {_show(b.get(k))}" for k in top]
     return data, other
+
+
+_DERIVED = {"lr", "labels", "metric", "task_type", "inputs", "max_length"}
+"""run.json keys that follow from the task and the arguments."""
 
 
 class RunDir:
@@ -291,18 +296,18 @@ class RunDir:
                 shown = "; ".join(other[:4]) + (f"; and {len(other) - 4} more" if len(other) > 4 else "")
                 raise RunError(f"{self.path} holds a different run ({shown}); use another --out, or pass "
                                "--overwrite to start over")
-            if data:
-                raise RunError(f"the data of the run in {self.path} changed since it started: {'; '.join(data)}. "
-                               "Resuming would mix epochs trained and scored on different data: restore the "
-                               "data, or pass --overwrite to start over")
             progress = self.progress()
             if progress is not None:
+                if data:
+                    raise RunError(f"the data of the run in {self.path} changed since it started: "
+                                   f"{'; '.join(data)}. Resuming would mix epochs trained and scored on different "
+                                   "data: restore the data, or pass --overwrite to start over")
                 if write:
                     atomic_write_json(run_file, info)  # epochs / patience may have been raised
                 return progress
             if (self.path / METRICS_FILE).exists():
                 raise RunError(f"{self.path} is already complete; pass --overwrite to train again")
-            # the same run, killed before its first checkpoint: start it again
+            # the same run, stopped before its first checkpoint (killed, or its data refused): start it again
         else:
             found = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE and not _TEMP.fullmatch(p.name)) \
                 if self.path.is_dir() else []
