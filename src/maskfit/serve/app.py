@@ -37,7 +37,7 @@ import os
 import secrets
 from typing import Any, Literal, Optional, Union
 
-from fastapi import Depends, FastAPI, Request, Security
+from fastapi import Body, Depends, FastAPI, Request, Security
 from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -117,6 +117,14 @@ ERRORS = {
 }
 _KINDS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
           413: "body_too_large", 422: "invalid_body"}
+
+
+_SENTENCE = "a gripping, well acted film"
+_EXAMPLE = {("sequence", None): _SENTENCE, ("sequence", "single"): _SENTENCE,
+            ("sequence", "pair"): ["A man is playing a guitar.", "Someone plays music."],
+            ("tagging", None): ["EU", "rejects", "German", "call"],
+            ("choice", None): {"context": "Which is a mammal?", "choices": ["shark", "whale", "trout"]}}
+"""An input of each kind, for the request examples of the OpenAPI schema (one per task served at start)."""
 
 
 def _error(status: int, kind: str, detail, headers: dict | None = None) -> JSONResponse:
@@ -250,9 +258,12 @@ def create_app(multitask_model: MultiTaskModel, max_inputs: int = 64, max_length
         return {name: {**info, "base": os.path.basename(str(info["base"])) if info.get("base") else info["base"]}
                 for name, info in model.tasks_info().items()}
 
+    examples = {name: {"summary": f"task {name}", "value": {"task": name, "inputs": [_EXAMPLE[(info["type"],
+                info.get("inputs"))]]}} for name, info in list(model.tasks_info().items())[:8]}
+
     @app.post("/predict", dependencies=guarded, response_model=PredictResponse,
               responses=_responses(400, *auth, 404, 413, 422, 500))
-    def predict(req: PredictRequest):
+    def predict(req: PredictRequest = Body(openapi_examples=examples or None)):  # noqa: B008 - FastAPI's idiom
         if req.task not in model.tasks:
             return _error(404, "unknown_task", f"unknown task '{req.task}' (registered: "
                                                f"{', '.join(sorted(model.tasks)) or 'none'})")
