@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import warnings
 
@@ -35,7 +36,8 @@ from maskfit.data import (
 )
 from maskfit.errors import DataError
 
-PROPS = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+EXAMPLES = int(os.environ.get("MASKFIT_PROPS_EXAMPLES", "60"))  # benchmarks/reliability.py asks for more
+PROPS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # Any text a file can hold: every code point but lone surrogates (no encoding writes those).
@@ -160,7 +162,7 @@ STRUCTURED = st.lists(st.sampled_from(["text", "label", "pair", "sentence", "Qua
                     max_size=60).map("".join)
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+@settings(max_examples=max(1, EXAMPLES * 2 // 3), deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(content=st.one_of(st.binary(max_size=300), STRUCTURED.map(lambda s: s.encode("utf-8")),
                          STRUCTURED.map(lambda s: s.encode("utf-16"))))
