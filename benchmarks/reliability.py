@@ -109,7 +109,7 @@ def live_server_checks(folder: Path, examples: int, workers: int) -> dict:
                   "--max-examples", str(examples), "--checks", "all", "--exclude-checks", "positive_data_acceptance",
                   "--seed", "1", "--generation-database", "none", "--workers", str(workers), "--no-color",
                   "--report", "json", "--report-json-path", str(report)]
-        st = subprocess.run(st_cmd, capture_output=True, text=True, env=env)
+        st = subprocess.run(st_cmd, capture_output=True, text=True, env=env, cwd=folder)  # its cache goes there
         r = json.loads(report.read_text())
         out["schemathesis_cli"] = {
             "command": "schemathesis " + shlex.join(st_cmd[1:]).replace(str(report), "REPORT.json").replace(
