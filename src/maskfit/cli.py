@@ -287,6 +287,9 @@ def _read_inputs(a, task_type: str) -> list:
         pairs = a.text_pair or []
         if pairs and len(pairs) != len(a.text):
             raise DataError("give one --text-pair for each --text")
+        if pairs and task_type != "sequence" or a.choice and task_type != "choice":
+            raise DataError(f"--text-pair is for sentence-pair runs and --choice for multiple-choice runs; "
+                            f"this is a {task_type} run")
         if task_type == "choice":
             if not a.choice:
                 raise DataError("a multiple-choice run needs --choice options")
