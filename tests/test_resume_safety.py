@@ -169,9 +169,10 @@ def test_leftover_temp_files_are_removed_on_resume(interrupted, capsys):
     leftovers = [out / ".task.masks.k3x9q1.tmp", out / "checkpoint" / ".progress.json.a8s7d6.tmp"]
     for p in leftovers:
         p.write_bytes(b"half-written by a killed process")
+    (out / ".notes.tmp").write_text("not ours")
     rc, _, err = run_cli(argv, capsys)
     assert rc == 0, err
-    assert not any(p.exists() for p in leftovers)
+    assert not any(p.exists() for p in leftovers) and (out / ".notes.tmp").read_text() == "not ours"
     assert json.loads((out / "metrics.json").read_text())["completed"]
 
 

@@ -408,6 +408,8 @@ def test_http_input_kind_budget_and_paths(server, setup, tmp_path):
 def test_openapi_documents_every_status(server):
     _, client = server
     schema = client.get("/openapi.json").json()
+    examples = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["examples"]
+    assert examples["ner"]["value"]["inputs"][0] == ["EU", "rejects", "German", "call"]  # one per task served
     predict = schema["paths"]["/predict"]["post"]["responses"]
     assert {"200", "400", "404", "413", "422", "500"} <= set(predict)
     error = schema["components"]["schemas"]["ErrorResponse"]
@@ -423,7 +425,8 @@ def test_api_key_and_limits_of_create_app(mt):
     app = create_app(mt, max_inputs=4, max_length=64, max_tokens=40, api_key="s3cret")
     with TestClient(app) as c:
         body = {"task": "sst", "inputs": ["a short text"]}
-        assert c.get("/health").status_code == 200  # open for probes
+        assert c.get("/health").json() == {"status": "ok"}  # open for probes, but names no task without the key
+        assert c.get("/health", headers={"Authorization": "Bearer s3cret"}).json()["tasks"] == len(mt.tasks)
         for headers in [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"}]:
             for r in (c.post("/predict", json=body, headers=headers), c.get("/tasks", headers=headers)):
                 assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", r.text
@@ -434,6 +437,7 @@ def test_api_key_and_limits_of_create_app(mt):
         assert r.status_code == 413 and "over the limit of 40" in r.json()["detail"]  # 3 × 22 padded tokens
         schema = c.get("/openapi.json").json()
         assert "401" in schema["paths"]["/predict"]["post"]["responses"]
+        assert "sst" not in json.dumps(schema)  # the schema is public: no task names in its examples
         assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     for kwargs in [dict(max_inputs=-1), dict(max_length=0), dict(max_tokens=0), dict(max_body_bytes=0),
                    dict(api_key="  ")]:

@@ -55,7 +55,9 @@ PROGRESS_FILE = "progress.json"
 LOCK_FILE = ".maskfit.lock"
 OWN_FILES = (CHECKPOINT_DIR, METRICS_FILE, MASK_FILE, WEIGHTS_FILE, RUN_FILE, LOG_FILE)
 """What ``maskfit train`` writes into a run directory (and ``--overwrite`` removes)."""
-_TEMP = re.compile(r"\..+\.tmp")  # atomic_write's temp files: .<name>.<random>.tmp
+_TEMP = re.compile(r"\.(%s)\.[A-Za-z0-9_]+\.tmp" % "|".join(map(re.escape, OWN_FILES + (PROGRESS_FILE,))))
+"""The temp files atomic_write leaves when killed mid-write, ``.<name>.<random>.tmp``, for our files only:
+a user's own ``.notes.tmp`` is not ours to delete."""
 RESUME_FREE = ("epochs", "patience", "eval_batch_size", "device", "log_with")
 """Training arguments a resumed run may change (raise the epoch budget, evaluate on another device...)."""
 

@@ -13,7 +13,7 @@ Errors are JSON ``{"detail": message, "error": kind}`` and are part of the OpenA
 
 * 400 a body that cannot be parsed at all (e.g. nested too deeply);
 * 401 a missing or wrong API key, when the server has one (``api_key``; ``/health``
-  stays open for probes);
+  stays open for probes, but tells only ``{"status": "ok"}`` without the key);
 * 404 unknown task;
 * 422 malformed body (``detail`` is pydantic's list, with non-finite numbers such as
   ``NaN`` written as strings) or inputs of the wrong kind for the task (a pair sent to a
@@ -224,9 +224,11 @@ def create_app(multitask_model: MultiTaskModel, max_inputs: int = 64, max_length
 
     bearer = HTTPBearer(auto_error=False, description=f"the server's API key (--api-key or ${API_KEY_ENV})")
 
+    def key_ok(token: str | None) -> bool:
+        return api_key is None or secrets.compare_digest((token or "").encode(), api_key.encode())
+
     def check_key(credentials: Optional[HTTPAuthorizationCredentials] = Security(bearer)) -> None:
-        given = credentials.credentials.encode() if credentials is not None else b""
-        if not secrets.compare_digest(given, api_key.encode()):
+        if not key_ok(credentials.credentials if credentials is not None else None):
             raise HTTPException(401, "missing or wrong API key (send Authorization: Bearer <key>)",
                                 headers={"WWW-Authenticate": "Bearer"})
 
@@ -249,8 +251,11 @@ def create_app(multitask_model: MultiTaskModel, max_inputs: int = 64, max_length
         return _error(500, "internal", f"internal error: {type(exc).__name__}")
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
-        return {"status": "ok", **model.info()}
+    def health(request: Request) -> dict[str, Any]:
+        # open for probes (no security declared); behind a key, only its holders learn the task names
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return {"status": "ok", **model.info()} if key_ok(token if scheme.lower() == "bearer" else None) \
+            else {"status": "ok"}
 
     @app.get("/tasks", dependencies=guarded, responses=_responses(*auth))
     def tasks() -> dict[str, TaskInfo]:
@@ -259,7 +264,8 @@ def create_app(multitask_model: MultiTaskModel, max_inputs: int = 64, max_length
                 for name, info in model.tasks_info().items()}
 
     examples = {name: {"summary": f"task {name}", "value": {"task": name, "inputs": [_EXAMPLE[(info["type"],
-                info.get("inputs"))]]}} for name, info in list(model.tasks_info().items())[:8]}
+                info.get("inputs"))]]}} for name, info in list(model.tasks_info().items())[:8]} \
+        if api_key is None else {}  # the schema is public: behind a key, task names are not
 
     @app.post("/predict", dependencies=guarded, response_model=PredictResponse,
               responses=_responses(400, *auth, 404, 413, 422, 500))
