@@ -114,7 +114,7 @@ def versions() -> dict:
             "platform": platform.platform()}
 
 
-def _read_json(path: Path, what: str = ""):
+def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
@@ -200,6 +200,10 @@ def _splits(info: dict) -> dict[str, tuple[str, str | None]]:
     return {k: (str(v.get("file", "?")), v.get("blake2b")) for k, v in splits.items() if isinstance(v, dict)}
 
 
+_DERIVED = {"lr", "labels", "metric", "task_type", "inputs", "max_length"}
+"""run.json keys that follow from the task and the arguments."""
+
+
 def _differences(old: dict, new: dict, defaults: dict) -> tuple[list[str], list[str]]:
     """(what differs in the data, what differs otherwise) between a saved run and this one, for messages."""
     a, b = _comparable(old, defaults), _comparable(new, defaults)
@@ -227,9 +231,6 @@ def _differences(old: dict, new: dict, defaults: dict) -> tuple[list[str], list[
     other += [f"{k} was {_show(a.get(k))}, now {_show(b.get(k))}" for k in top]
     return data, other
 
-
-_DERIVED = {"lr", "labels", "metric", "task_type", "inputs", "max_length"}
-"""run.json keys that follow from the task and the arguments."""
 
 
 class RunDir:
@@ -290,7 +291,7 @@ class RunDir:
                     p = self.path / name
                     shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         elif run_file.exists():
-            old = _read_json(run_file, "run")
+            old = _read_json(run_file)
             if not isinstance(old, dict) or not isinstance(old.get("args"), dict):
                 raise RunError(f"{run_file} is corrupt; pass --overwrite to start over")
             data, other = _differences(old, info, defaults)
@@ -356,7 +357,7 @@ class RunDir:
         f = self.checkpoint_dir / PROGRESS_FILE
         if not f.exists():
             return None
-        progress = _read_json(f, "checkpoint")
+        progress = _read_json(f)
         if not _progress_ok(progress) or not (self.checkpoint_dir / progress["state"]).is_dir():
             raise RunError(f"{f} is corrupt or names no checkpoint; pass --overwrite to start over")
         return {**progress, "state_dir": self.checkpoint_dir / progress["state"]}
@@ -443,7 +444,7 @@ class Run:
     @property
     def metrics(self) -> dict:
         p = self.path / METRICS_FILE
-        return _read_json(p, "metrics") if p.exists() else {}
+        return _read_json(p) if p.exists() else {}
 
     @property
     def task_type(self) -> str:
