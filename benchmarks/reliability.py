@@ -170,10 +170,12 @@ def main() -> None:
 
     summary, out = pytest(["tests/test_readers_props.py"], {"MASKFIT_PROPS_EXAMPLES": str(a.props_examples)},
                           ("--hypothesis-show-statistics",))
-    cases = [tuple(map(int, m)) for m in re.findall(r"(\d+) passing, (\d+) failing", out)]
+    # hypothesis' statistics: per test, per phase; the generate phase is the cases tried (shrinking retries failures)
+    generate = [block for block in out.split("- during ") if block.startswith("generate phase")]
+    cases = [tuple(map(int, m)) for b in generate for m in re.findall(r"(\d+) passing, (\d+) failing", b)]
     result["properties"] = {"summary": summary, **counts(summary), "examples_per_property": a.props_examples,
                             "cases_passing": sum(p for p, _ in cases), "cases_failing": sum(f for _, f in cases),
-                            "properties": len(cases)}
+                            "properties": len(re.findall(r"^tests/test_readers_props\.py::\S+:$", out, re.M))}
     print("properties:", summary, flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -219,7 +221,8 @@ def markdown(r: dict) -> str:
          "with `maskfit predict`",
          f"{load.get('requests', 0):,} requests, {load.get('equal_to_predict', 0):,} equal",
          load.get("server_errors", 0) + load.get("requests", 0) - load.get("equal_to_predict", 0) if load else "not run",
-         "MASKFIT_LOAD_CLIENTS=… pytest tests/test_serve_fuzz.py"),
+         f"MASKFIT_LOAD_CLIENTS={load.get('clients')} MASKFIT_LOAD_REQUESTS={load.get('requests_per_client_per_round')} "
+         f"MASKFIT_LOAD_ROUNDS={(load.get('rounds') or 1) - 1} pytest tests/test_serve_fuzz.py"),
     ]
     out = ["# Reliability", "", f"`{r['command']}` (127.0.0.1 only; 2 shared CPU cores; counts, not timings).", "",
            "| check | cases tried | failures | command |", "|---|---:|---:|---|"]
