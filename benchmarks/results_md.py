@@ -118,6 +118,10 @@ def main() -> None:
         if model == "mpnet":
             out += ["(Measured with the engine before issue 9, in an earlier session; not rerun since.)", ""]
         out.append(section(RES / f"serve_{model}.md"))
+    out += ["## Reliability", "",
+            "Hostile and careless input, fuzzing and concurrent load (`benchmarks/reliability.py`): cases tried "
+            "and failures, not timings.", ""]
+    out.append(section(RES / "reliability.md"))
     (ROOT / "RESULTS.md").write_text("\n".join(out))
     print((ROOT / "RESULTS.md").read_text()[:400])
 

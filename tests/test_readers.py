@@ -210,3 +210,76 @@ def test_other_malformed_inputs(tmp_path):
         read_agnews(agnews)
     with pytest.raises(DataError, match="file not found"):
         read_sst2(tmp_path / "nope.tsv")
+
+
+# ------------------------------------------------------------------ hostile and careless input
+
+
+def test_duplicate_header_name_is_refused(tmp_path):
+    for name, content, line in [("a.csv", "text,label,text\nx,pos,y\n", 1),
+                                ("b.tsv", "\n\nid\ttext\tlabel\tlabel\n1\tx\tpos\tneg\n", 3)]:
+        f = tmp_path / name
+        f.write_text(content)
+        with pytest.raises(DataError, match=rf"{name.replace('.', chr(92) + '.')}:{line}: the header names column "
+                                            r"'(text|label)' twice"):
+            read_table(f, "text", "label")
+
+
+def test_duplicate_json_key_is_refused(tmp_path):
+    f = tmp_path / "x.jsonl"
+    f.write_text('{"text": "a", "label": "pos"}\n{"text": "b", "label": "pos", "text": "c"}\n')
+    with pytest.raises(DataError, match=r"x\.jsonl:2: key 'text' appears twice"):
+        read_table(f, "text", "label")
+
+
+@pytest.mark.parametrize("content, line", [
+    # an unterminated quote used to swallow the next rows into one text
+    ('text,label\ngood,pos\n"hello world,pos\ngoodbye,neg\n', 3),
+    ('text,label\n"hello world,pos\ngoodbye,neg\n"fine",pos\n', 2),
+    ('text,label\nfine,pos\n"x"y,neg\n', 3),
+])
+def test_unterminated_or_stray_quote_is_reported_where_its_row_starts(tmp_path, content, line):
+    f = tmp_path / "t.csv"
+    f.write_text(content)
+    with pytest.raises(DataError, match=rf"t\.csv:{line}: "):
+        read_table(f, "text", "label")
+
+
+def test_tsv_stray_quote_reported_at_its_line_not_at_the_end(tmp_path):
+    f = tmp_path / "t.tsv"
+    f.write_text("text\tlabel\n" + "fine\tpos\n" * 3 + '"broken\tneg\n' + "more\tpos\n" * 50)
+    with pytest.raises(DataError, match=r"t\.tsv:5: a quoted field that opens on this line is not closed"):
+        read_table(f, "text", "label")
+    # a legitimately quoted multi-line field still reads, and later errors point at their own line
+    ok = tmp_path / "ok.tsv"
+    ok.write_text('text\tlabel\n"two\nlines"\tpos\nx\tneg\textra\n')
+    with pytest.raises(DataError, match=r"ok\.tsv:4: expected 2 columns, got 3"):
+        read_table(ok, "text", "label")
+
+
+def test_non_utf8_file_is_named_with_its_line_and_reads_with_its_encoding(tmp_path):
+    f = tmp_path / "latin.tsv"
+    f.write_bytes("text\tlabel\nnaive\tpos\ncaf\u00e9 cr\u00e8me\tneg\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin\.tsv:3: not utf-8-sig text \(byte 0xe9 at column 4\).*--encoding"):
+        read_table(f, "text", "label")
+    assert read_table(f, "text", "label", encoding="latin-1")[1] == SequenceExample("caf\u00e9 cr\u00e8me", None, "neg")
+    conll = tmp_path / "x.conll"
+    conll.write_bytes("M\u00fcller B-PER\n".encode("cp1252"))
+    with pytest.raises(DataError, match=r"x\.conll:1: not utf-8-sig text"):
+        read_conll2003(conll)
+    assert read_conll2003(conll, encoding="cp1252") == [TaggingExample(["M\u00fcller"], ["B-PER"])]
+    with pytest.raises(DataError, match="unknown encoding 'klingon'"):
+        read_table(f, "text", "label", encoding="klingon")
+
+
+def test_corrupt_gzip_and_json_values_are_data_errors(tmp_path):
+    gz = tmp_path / "train.jsonl.gz"
+    gz.write_bytes(b"\x1f\x8b\x08\x00garbage")
+    with pytest.raises(DataError, match=r"train\.jsonl\.gz: cannot read it"):
+        read_imdb(gz)
+    j = tmp_path / "x.jsonl"
+    for row, needle in [('{"text": "a", "label": NaN}', "holds nan"), ('{"text": "a", "label": [1]}', "JSON list"),
+                        ('{"text": {"a": 1}, "label": 1}', "JSON dict"), ("[" * 100_000, "invalid JSON")]:
+        j.write_text(row + "\n")
+        with pytest.raises(DataError, match=rf"x\.jsonl:1: .*{needle}"):
+            read_table(j, "text", "label")

@@ -307,3 +307,186 @@ def test_http_concurrent_burst(server, setup):
         assert status == 200, body
         assert body["predictions"] == setup["reference"][name, b][1]  # = the single-task answers
     assert client.get("/health").json()["status"] == "ok"
+
+
+# ----------------------------------------------------------------------------- hostile requests
+
+
+def test_body_limit_counts_bytes_received_whatever_the_transfer_encoding():
+    """A chunked body declares no length: the middleware stops reading at the limit and answers 413."""
+    import asyncio
+
+    from maskfit.serve.app import BodyLimit
+
+    called, pulled, sent = [], [0], []
+
+    async def inner(scope, receive, send):
+        called.append(await receive())
+
+    async def receive():  # a 60 MiB upload in 64 KiB chunks, produced only when read
+        pulled[0] += 1
+        return {"type": "http.request", "body": b"x" * 65536, "more_body": pulled[0] < 960}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": [(b"transfer-encoding", b"chunked")]}
+    asyncio.run(BodyLimit(inner, max_bytes=1 << 20)(scope, receive, send))
+    assert not called and pulled[0] == 17  # 16 chunks fit in 1 MiB, the 17th passes it: nothing more is read
+    assert sent[0]["status"] == 413 and b"body_too_large" in sent[1]["body"]
+
+    pulled[0], sent[:] = 955, []  # a body under the limit reaches the app whole, in one piece
+    asyncio.run(BodyLimit(inner, max_bytes=1 << 20)(scope, receive, send))
+    assert called[0]["body"] == b"x" * 65536 * 5 and not called[0]["more_body"] and not sent
+
+
+def test_http_hostile_bodies(server, setup):
+    mt, client = server
+
+    def chunks(n, size=8192):
+        for _ in range(n):
+            yield b" " * size
+
+    try:  # 400 KB of chunked body against a 64 KB limit: refused, however the client sees it
+        r = client.post("/predict", content=chunks(50), headers={"content-type": "application/json"})
+        assert r.status_code == 413 and r.json()["error"] == "body_too_large"
+    except (httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadError):
+        pass  # the server closed the connection while the client was still sending
+    assert client.get("/health").status_code == 200  # and it keeps serving
+    small = json.dumps({"task": "sst", "inputs": ["a chunked body under the limit"]}).encode()
+    r = client.post("/predict", content=iter([small[:10], small[10:]]), headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+
+    for raw in [b'{"task": "sst", "inputs": [NaN]}', b'{"task": NaN, "inputs": ["x"]}',
+                b'{"task": "sst", "inputs": [["a", Infinity]]}', b'{"task": "sst", "inputs": [1e999]}']:
+        r = client.post("/predict", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["error"] == "invalid_body", (raw, r.text)
+    r = client.post("/predict", content=b"[" * 30_000 + b"]" * 30_000, headers={"content-type": "application/json"})
+    assert r.status_code in (400, 422) and "error" in r.json()
+
+
+def test_http_input_kind_budget_and_paths(server, setup, tmp_path):
+    mt, client = server
+    single = make_maskfile(tmp_path / "single.masks", "sequence", ["neg", "pos"], MaskConfig(), 0.05, seed=40)
+    pair = tmp_path / "pair-run"
+    pair.mkdir()
+    make_maskfile(pair / "task.masks", "sequence", ["no", "yes"], MaskConfig(), 0.05, seed=41)
+    (pair / "run.json").write_text(json.dumps({"task": {"name": "mrpc"}, "model": "minilm", "method": "mask",
+                                               "task_type": "sequence", "labels": ["no", "yes"], "max_length": 64,
+                                               "inputs": "pair"}))
+    from safetensors.torch import load_file, save_file  # record "single" in the file, as maskfit train does
+
+    meta = read_maskfile(single).meta
+    meta["extra"] = {"inputs": "single"}
+    save_file(load_file(str(single)), str(single), metadata={"maskfit": json.dumps(meta)})
+    mt.register("only-single", single)
+    mt.register("only-pair", pair)
+    try:
+        assert mt.tasks_info()["only-single"]["inputs"] == "single" and mt.tasks_info()["only-pair"]["inputs"] == "pair"
+        ok = [("only-single", ["one text"]), ("only-pair", [["a", "b"]]), ("sst", ["x"]), ("sst", [["x", "y"]])]
+        for task, inputs in ok:  # files without the record (sst) take both
+            assert client.post("/predict", json={"task": task, "inputs": inputs}).status_code == 200
+        for task, inputs, needle in [("only-single", [["a", "b"]], "single texts"),
+                                     ("only-pair", ["one text"], "sentence pairs")]:
+            r = client.post("/predict", json={"task": task, "inputs": inputs})
+            assert r.status_code == 422 and needle in r.json()["detail"], r.text
+        tasks = client.get("/tasks").json()
+        assert tasks["only-pair"]["inputs"] == "pair" and "source" not in tasks["sst"]
+        assert str(tmp_path) not in json.dumps(tasks) and str(setup["dir"]) not in json.dumps(tasks)
+    finally:
+        mt.unregister("only-single")
+        mt.unregister("only-pair")
+
+    # work bounds: characters before tokenising, then padded tokens per request
+    r = client.post("/predict", json={"task": "sst", "inputs": ["a" * 60_000]})
+    assert r.status_code == 413 and "characters" in r.json()["detail"]
+    choices = [{"context": "c", "choices": ["x"]}] * 15 + [{"context": "c", "choices": ["y"] * 2000}]
+    r = client.post("/predict", json={"task": "arc", "inputs": choices})  # one input pads all 16 to 2000 rows
+    assert r.status_code == 413 and r.json()["error"] == "input_too_long", r.text
+
+
+def test_openapi_documents_every_status(server):
+    _, client = server
+    schema = client.get("/openapi.json").json()
+    examples = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["examples"]
+    assert examples["ner"]["value"]["inputs"][0] == ["EU", "rejects", "German", "call"]  # one per task served
+    predict = schema["paths"]["/predict"]["post"]["responses"]
+    assert {"200", "400", "404", "413", "422", "500"} <= set(predict)
+    error = schema["components"]["schemas"]["ErrorResponse"]
+    assert set(error["required"]) == {"detail", "error"}
+    assert "TaskInfo" in schema["components"]["schemas"] and "PredictResponse" in schema["components"]["schemas"]
+
+
+def test_api_key_and_limits_of_create_app(mt):
+    from fastapi.testclient import TestClient
+
+    from maskfit.errors import ConfigError
+
+    app = create_app(mt, max_inputs=4, max_length=64, max_tokens=40, api_key="s3cret")
+    with TestClient(app) as c:
+        body = {"task": "sst", "inputs": ["a short text"]}
+        assert c.get("/health").json() == {"status": "ok"}  # open for probes, but names no task without the key
+        assert c.get("/health", headers={"Authorization": "Bearer s3cret"}).json()["tasks"] == len(mt.tasks)
+        for headers in [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"}]:
+            for r in (c.post("/predict", json=body, headers=headers), c.get("/tasks", headers=headers)):
+                assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", r.text
+        auth = {"Authorization": "Bearer s3cret"}
+        assert c.post("/predict", json=body, headers=auth).status_code == 200
+        assert c.get("/tasks", headers=auth).status_code == 200
+        r = c.post("/predict", json={"task": "sst", "inputs": ["word " * 20] * 3}, headers=auth)
+        assert r.status_code == 413 and "over the limit of 40" in r.json()["detail"]  # 3 × 22 padded tokens
+        schema = c.get("/openapi.json").json()
+        assert "401" in schema["paths"]["/predict"]["post"]["responses"]
+        assert "sst" not in json.dumps(schema)  # the schema is public: no task names in its examples
+        assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    for kwargs in [dict(max_inputs=-1), dict(max_length=0), dict(max_tokens=0), dict(max_body_bytes=0),
+                   dict(api_key="  ")]:
+        with pytest.raises(ConfigError):
+            create_app(mt, **kwargs)
+
+
+def _serve_error(argv, capsys) -> str:
+    from maskfit.cli import main
+
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse refuses a flag's value
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
+
+
+def test_serve_flags_and_task_files_are_checked(setup, tmp_path, capsys, monkeypatch):
+    sst = str(setup["files"]["sst"])
+    for flags, needle in [(["--max-inputs", "-1"], "--max-inputs: must be >= 1"),
+                          (["--max-length", "-5"], "--max-length: must be >= 1"),
+                          (["--max-tokens", "0"], "--max-tokens: must be >= 1"),
+                          (["--port", "70000"], "port number"), (["--threads", "0"], "--threads: must be >= 1"),
+                          (["--cache-budget-mb", "nan"], "finite number"),
+                          (["--task", f"sst={sst}"], "--task sst= is given twice")]:
+        line = _serve_error(["serve", "--task", f"sst={sst}", *flags], capsys)
+        assert needle in line, line
+    monkeypatch.setenv("MASKFIT_API_KEY", " ")
+    assert "$MASKFIT_API_KEY) is empty" in _serve_error(["serve", "--task", f"sst={sst}"], capsys)
+    monkeypatch.delenv("MASKFIT_API_KEY")
+
+    from safetensors.torch import load_file, save_file
+
+    tensors, meta = load_file(sst), read_maskfile(sst).meta
+    bad_meta = {"list.masks": [1, 2], "nolayers.masks": {k: v for k, v in meta.items() if k != "layers"}}
+    for name, m in bad_meta.items():
+        save_file(tensors, str(tmp_path / name), metadata={"maskfit": json.dumps(m)})
+    for name in bad_meta:  # each refused before the server starts, in one line
+        line = _serve_error(["serve", "--task", f"t={tmp_path / name}"], capsys)
+        assert line.startswith("maskfit: error:") and name in line, line
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "task.masks").write_bytes(Path(sst).read_bytes())
+    for content, needle in [("{}", "no task, model, method, task_type"), ("[1]", "a JSON list"),
+                            (json.dumps({"task": {"name": "sst2"}, "model": "minilm", "method": "mask",
+                                         "task_type": "sequence", "labels": ["0", "1"], "max_length": "abc"}),
+                             "max_length must be an integer")]:
+        (run / "run.json").write_text(content)
+        line = _serve_error(["serve", "--task", f"t={run}"], capsys)
+        assert needle in line, line

@@ -8,14 +8,56 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
 
-from .errors import MaskfitError
+from .errors import ConfigError, MaskfitError
 
 TASK_HELP = ("built-in task (sst2, cola, mrpc, rte, qnli, agnews, imdb, ner, pos, arc-easy, arc-challenge, swag), "
              "your own file as csv:PATH / tsv:PATH / jsonl:PATH, or a hub dataset like glue/sst2")
+
+
+def _at_least(low: int):
+    """An argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _at_least(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0-65535, got {value}")
+    return value
+
+
+POSITIVE = _at_least(1)
+ENCODING_HELP = "text encoding of the data files (default utf-8; e.g. latin-1, cp1252, utf-16)"
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=POSITIVE, help="torch intra-op CPU threads (default: torch's choice; on a shared "
+                   "machine 1 thread per process avoids OpenMP stalls)")
 
 
 def _add_task_args(p: argparse.ArgumentParser) -> None:
@@ -27,11 +69,12 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text-column", help="text column of your own file")
     g.add_argument("--text-pair-column", help="second text column (sentence-pair tasks)")
     g.add_argument("--label-column", help="label column of your own file")
+    g.add_argument("--encoding", help=ENCODING_HELP)
 
 
 def _task_info(a) -> dict:
     info = {"name": a.task}
-    for k in ("data_dir", "dev", "test", "text_column", "text_pair_column", "label_column"):
+    for k in ("data_dir", "dev", "test", "text_column", "text_pair_column", "label_column", "encoding"):
         v = getattr(a, k, None)
         if v is not None:
             info[k] = str(Path(v).resolve()) if k in ("data_dir", "dev", "test") else v
@@ -53,8 +96,7 @@ def add_device_flags(p: argparse.ArgumentParser, precision: bool = True) -> None
     if precision:
         p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default=None,
                        help="autocast precision (default: the run's, where this device has it; else auto)")
-    p.add_argument("--threads", type=int, help="torch intra-op CPU threads (default: torch's choice; on a shared "
-                   "machine 1 thread per process avoids OpenMP stalls)")
+    _add_threads(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,8 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory to write (and resume from)")
     add_dataclass_flags(p, TrainArgs, title="training")
     add_dataclass_flags(p, MaskConfig, skip=("seed",), title="masking (method mask)")
-    p.add_argument("--threads", type=int, help="torch intra-op CPU threads (default: torch's choice; on a shared "
-                   "machine 1 thread per process avoids OpenMP stalls)")
+    _add_threads(p)
     p.add_argument("--overwrite", action="store_true", help="discard an existing run in --out and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -88,8 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="score a run's best model on a split")
     p.add_argument("--run", required=True, help="run directory written by maskfit train")
     p.add_argument("--split", choices=("dev", "test", "train"), default="dev")
-    p.add_argument("--limit", type=int, help="first N examples only")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit", type=POSITIVE, help="first N examples only")
+    p.add_argument("--batch-size", type=POSITIVE, default=64)
     add_device_flags(p)
     p.set_defaults(func=cmd_eval)
 
@@ -106,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-pair", action="append", help="second text for each --text (pair tasks)")
     p.add_argument("--choice", action="append", help="an option for a multiple-choice --text (repeatable)")
     p.add_argument("--output", help="write JSON lines here instead of stdout")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--encoding", help="text encoding of --input (default utf-8)")
+    p.add_argument("--batch-size", type=POSITIVE, default=64)
     add_device_flags(p)
     p.set_defaults(func=cmd_predict)
 
@@ -116,12 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", action="append", required=True, metavar="NAME=RUN",
                    help="a task to serve: name=run directory or mask file (repeatable)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--strategy", choices=("cache", "merge", "masked"), default="cache",
                    help="how a request's task gets its weights (see docs/serving.md; default cache)")
-    p.add_argument("--cache-budget-mb", type=float, help="memory for cached merged weights (default 1024)")
-    p.add_argument("--max-inputs", type=int, default=64, help="most inputs in one request (more: 413)")
-    p.add_argument("--max-length", type=int, default=512, help="longest input in tokens (longer: 413)")
+    p.add_argument("--cache-budget-mb", type=_megabytes, help="memory for cached merged weights (default 1024)")
+    p.add_argument("--max-inputs", type=POSITIVE, default=64, help="most inputs in one request (more: 413)")
+    p.add_argument("--max-length", type=POSITIVE, default=512, help="longest input in tokens (longer: 413)")
+    p.add_argument("--max-tokens", type=POSITIVE, default=16384,
+                   help="most tokens in one request, as the model runs them: padded batches (more: 413)")
+    p.add_argument("--max-body-mb", type=_megabytes, default=8.0, help="largest request body in MiB (more: 413)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /predict and /tasks (default: "
+                   "$MASKFIT_API_KEY if set; prefer the variable: a flag shows in the process list)")
     add_device_flags(p, precision=False)
     p.set_defaults(func=cmd_serve)
 
@@ -130,14 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", action="append", required=True, help="a run directory (repeatable)")
     p.add_argument("--method", choices=("labels", "logits", "probs"), default="probs")
     p.add_argument("--split", choices=("dev", "test"), default=None, help="default: the task's eval split")
-    p.add_argument("--limit", type=int)
+    p.add_argument("--limit", type=POSITIVE)
     add_device_flags(p)
     p.set_defaults(func=cmd_ensemble)
 
     # memory
     p = sub.add_parser("memory", help="memory of N finetuned models against one base + N masks")
     p.add_argument("--model", default="minilm")
-    p.add_argument("--tasks", type=int, default=8)
+    p.add_argument("--tasks", type=POSITIVE, default=8)
     p.add_argument("--plot", help="write a PNG plot here")
     p.add_argument("--measure", nargs="*", metavar="MASKFILE", help="mask files to register in a live model, "
                    "measuring its resident memory")
@@ -240,6 +287,9 @@ def _read_inputs(a, task_type: str) -> list:
         pairs = a.text_pair or []
         if pairs and len(pairs) != len(a.text):
             raise DataError("give one --text-pair for each --text")
+        if pairs and task_type != "sequence" or a.choice and task_type != "choice":
+            raise DataError(f"--text-pair is for sentence-pair runs and --choice for multiple-choice runs; "
+                            f"this is a {task_type} run")
         if task_type == "choice":
             if not a.choice:
                 raise DataError("a multiple-choice run needs --choice options")
@@ -247,37 +297,55 @@ def _read_inputs(a, task_type: str) -> list:
         if task_type == "tagging":
             return [{"words": t.split()} for t in a.text]
         return [{"text": t, "text_pair": pairs[i] if pairs else None} for i, t in enumerate(a.text)]
-    from .data.readers import iter_records
+    if a.text_pair or a.choice:
+        raise DataError("--text-pair and --choice go with --text; in an --input file, put them in each line")
+    from .data.readers import iter_lines, iter_records
 
     path = Path(a.input)
     if not path.is_file():
         raise DataError(f"input file not found: {path}")
     need = {"sequence": "text", "tagging": "words", "choice": "choices"}[task_type]
     if path.suffix == ".jsonl":
-        return [row for _, row in iter_records(path, "jsonl", required=(need,))]
+        return [row for _, row in iter_records(path, "jsonl", required=(need,), encoding=a.encoding)]
     if task_type == "choice":
         raise DataError(f"{path}: multiple-choice input must be .jsonl with context and choices")
     items = []
-    with open(path, encoding="utf-8-sig") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            if task_type == "tagging":
-                items.append({"words": line.split()})
-            else:
-                parts = line.rstrip("\n").split("\t")
-                items.append({"text": parts[0], "text_pair": parts[1] if len(parts) > 1 else None})
+    for lineno, line in iter_lines(path, a.encoding):
+        if not line.strip():
+            continue
+        if task_type == "tagging":
+            items.append({"words": line.split()})
+            continue
+        parts = line.split("\t")
+        if len(parts) > 2:
+            raise DataError(f"{path}:{lineno}: {len(parts)} tab-separated fields; a line is a text, or a text, "
+                            "a tab and its pair")
+        items.append({"text": parts[0], "text_pair": parts[1] if len(parts) > 1 else None})
+    if not items:
+        raise DataError(f"{path}: no inputs")
     return items
+
+
+def _check_output(path: str | None) -> None:
+    """Refuse an ``--output`` that cannot be written, before any work is done."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"--output {p} is a folder; give a file name")
+    if not p.parent.is_dir():
+        raise ConfigError(f"--output {p}: the folder {p.parent} does not exist")
 
 
 def cmd_predict(a) -> int:
     from .run import load_run
     from .tasktypes import task_type
 
+    _check_output(a.output)
     run = load_run(a.run)
     kind = task_type(run.task_type)
     inputs = _read_inputs(a, run.task_type)
-    examples = kind.parse(inputs)
+    examples = kind.parse(inputs, run.info.get("inputs"))
     engine = _engine(a, run)
     try:
         outputs = _outputs(engine, run, run.model(device=engine.device), examples, a.batch_size)
@@ -300,15 +368,25 @@ def cmd_serve(a) -> int:
     from .errors import DataError
     from .serve.app import serve
 
+    from .serve.app import API_KEY_ENV
+
     tasks = {}
     for spec in a.task:
         name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
+        if not sep or not name.strip() or not path:
             raise DataError(f"--task takes NAME=RUN_DIR, got {spec!r}")
+        if name in tasks:
+            raise ConfigError(f"--task {name}= is given twice ({tasks[name]} and {path}); give each task one name")
         tasks[name] = path
+    api_key = a.api_key if a.api_key is not None else os.environ.get(API_KEY_ENV)
+    if api_key is not None and not api_key.strip():
+        raise ConfigError(f"the API key ({'--api-key' if a.api_key is not None else '$' + API_KEY_ENV}) is empty")
+    if a.max_body_mb <= 0:
+        raise ConfigError(f"--max-body-mb must be > 0, got {a.max_body_mb}")
     budget = int(a.cache_budget_mb * 2**20) if a.cache_budget_mb is not None else None
     serve(a.model, tasks, host=a.host, port=a.port, strategy=a.strategy, cache_budget_bytes=budget,
-          max_inputs=a.max_inputs, max_length=a.max_length, threads=a.threads, device=a.device)
+          max_inputs=a.max_inputs, max_length=a.max_length, max_tokens=a.max_tokens,
+          max_body_bytes=max(1, int(a.max_body_mb * 2**20)), api_key=api_key, threads=a.threads, device=a.device)
     return 0
 
 
@@ -338,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return a.func(a)
     except MaskfitError as e:
-        print(f"maskfit: error: {e}", file=sys.stderr)
+        print(f"maskfit: error: {' '.join(str(e).splitlines())}", file=sys.stderr)  # one line, whatever a path holds
         return 2
     except (ValueError, FileNotFoundError) as e:  # config errors from dataclasses, missing paths
         if os.environ.get("MASKFIT_DEBUG"):

@@ -85,6 +85,86 @@ def predict_outputs(model: nn.Module, kind: TaskType, features: Sequence[dict], 
     return out
 
 
+RNG_FILE = "random_states_{rank}.pkl"
+
+
+def _refuse(path: Path, why: str) -> RunError:
+    return RunError(f"checkpoint file {path} {why}; nothing was loaded from it (pass --overwrite to start over)")
+
+
+def _load_plain(path: Path):
+    """A ``.bin`` / ``.pkl`` / ``.pt`` checkpoint file, read as accelerate reads it (``torch.load(weights_only=True)``
+    with its numpy allow-list): tensors, numbers, strings, containers, never code."""
+    import pickle
+    import re
+    import warnings
+    import zipfile
+
+    from accelerate.utils.other import load
+
+    try:
+        with warnings.catch_warnings():  # torch warns about unusual pickle protocols: the refusal says enough
+            warnings.simplefilter("ignore")
+            return load(path, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported (?:global: GLOBAL [\w.]+|operand \d+|class [\w.]+)", str(e))
+        raise _refuse(path, "holds more than tensors and plain data (a pickle that would run code or build "
+                      f"objects: {(found.group(0) if found else 'refused by weights_only')[:120]})") from None
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, AttributeError, TypeError,
+            IndexError, KeyError, MemoryError, UnicodeDecodeError) as e:
+        raise _refuse(path, f"is unreadable ({type(e).__name__})") from None
+
+
+def check_checkpoint(directory: str | os.PathLike, rank: int = 0) -> None:
+    """Refuse, with one line, a checkpoint folder holding anything but tensors and plain data.
+
+    ``torch.load`` unpickles, and a crafted pickle runs code when it is loaded; accelerate
+    reads with ``weights_only=True`` but silently skips a random-state file it cannot use.
+    So, before accelerate sees the folder: every ``.safetensors`` file must parse, every
+    ``.json`` file must be JSON, every other file must load with ``weights_only=True``, no
+    subfolder may exist, and this process's random-state file must be there and hold the
+    states accelerate restores.
+    """
+    import json
+    import random
+
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise RunError(f"checkpoint {directory} is missing; pass --overwrite to start over")
+    for path in sorted(directory.iterdir()):
+        if path.is_dir() or not path.is_file():
+            raise _refuse(path, "is not a regular file")
+        if path.suffix == ".safetensors":
+            try:
+                with safe_open(str(path), "pt") as f:
+                    f.keys()
+            except Exception as e:  # noqa: BLE001 - the Rust parser's errors have no common type
+                raise _refuse(path, f"is not a safetensors file ({type(e).__name__})") from None
+        elif path.suffix == ".json":
+            try:
+                json.loads(path.read_text())
+            except (OSError, ValueError, RecursionError) as e:
+                raise _refuse(path, f"is not JSON ({type(e).__name__})") from None
+        else:
+            _load_plain(path)
+    rng = directory / RNG_FILE.format(rank=rank)
+    if not rng.is_file():
+        raise RunError(f"checkpoint {directory} has no random state for process {rank} ({rng.name}): it was written "
+                       "by fewer processes. Resume with the same number of processes, or pass --overwrite")
+    states = _load_plain(rng)
+    try:  # what accelerate restores, tried on throwaway generators first (it would skip a bad one silently)
+        random.Random().setstate(states["random_state"])
+        np.random.RandomState().set_state(states["numpy_random_seed"])
+        torch.Generator().set_state(states["torch_manual_seed"])
+        cuda = states.get("torch_cuda_manual_seed")
+        if cuda is not None and not (isinstance(cuda, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in cuda)):
+            raise TypeError("torch_cuda_manual_seed")
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        raise _refuse(rng, f"does not hold the random states of a run ({type(e).__name__}: {str(e)[:80]})") from None
+
+
 class Engine:
     """Device, precision, processes, checkpoints and trackers for one training or inference job.
 
@@ -301,9 +381,11 @@ class Engine:
         self.accelerator.save_state(str(directory), safe_serialization=True)
 
     def load_state(self, directory: str | os.PathLike) -> None:
-        """Restore :meth:`save_state`'s checkpoint. Only tensors and plain data are read (``weights_only``)."""
+        """Restore :meth:`save_state`'s checkpoint. Every file is checked first (:func:`check_checkpoint`):
+        only tensors and plain data are ever read, and nothing accelerate would skip silently is missing."""
         import pickle
 
+        check_checkpoint(directory, self.rank)
         try:
             self.accelerator.load_state(str(directory))
         except RunError:

@@ -15,15 +15,25 @@
 Every file is written through :func:`atomic_write` (temp file in the same folder, fsync,
 rename, fsync of the folder). A checkpoint is complete before ``progress.json`` names it
 and the previous one is deleted only after that, so a run killed at any moment resumes
-from its last complete epoch. In a multi-process run only the main process writes;
-every process reads.
+from its last complete epoch; the temp files a kill leaves behind are removed by the next
+attempt. In a multi-process run only the main process writes and decides (start, resume
+or refuse), and every process hears its decision.
+
+A run directory is used by one ``maskfit train`` at a time: the main process holds an
+exclusive lock on ``.maskfit.lock`` (``filelock``; the OS drops it when the process dies,
+so a killed run never leaves a stale lock). ``--out`` must be empty, or hold a run with
+the same ``run.json`` (resumed from its checkpoint); anything else is refused unless
+``--overwrite``, which removes only the files named above. ``run.json`` records a hash
+of the task's data files, and a resume refuses data that changed.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
 import platform
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -34,7 +44,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import RunError
+from .errors import MaskfitError, RunError
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
@@ -46,6 +56,12 @@ BEST_FILE = {"mask": MASK_FILE, "finetune": WEIGHTS_FILE, "lora": LORA_FILE}
 """The file that holds a run's best epoch, per method."""
 CHECKPOINT_DIR = "checkpoint"
 PROGRESS_FILE = "progress.json"
+LOCK_FILE = ".maskfit.lock"
+OWN_FILES = (CHECKPOINT_DIR, METRICS_FILE, *BEST_FILE.values(), RUN_FILE, LOG_FILE)
+"""What ``maskfit train`` writes into a run directory (and ``--overwrite`` removes)."""
+_TEMP = re.compile(r"\.(%s)\.[A-Za-z0-9_]+\.tmp" % "|".join(map(re.escape, OWN_FILES + (PROGRESS_FILE,))))
+"""The temp files atomic_write leaves when killed mid-write, ``.<name>.<random>.tmp``, for our files only:
+a user's own ``.notes.tmp`` is not ours to delete."""
 RESUME_FREE = ("epochs", "patience", "eval_batch_size", "device", "log_with")
 """Training arguments a resumed run may change (raise the epoch budget, evaluate on another device...)."""
 
@@ -102,19 +118,137 @@ def versions() -> dict:
             "platform": platform.platform()}
 
 
-def _read_json(path: Path, what: str):
+def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise RunError(f"{path} is corrupt ({type(e).__name__}); pass --overwrite to start over") from None
 
 
-class RunDir:
-    """Where one training run lives while it trains (see the module doc)."""
+def _count(x, low: int) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= low
 
-    def __init__(self, path: str | os.PathLike, is_main: bool = True):
+
+def check_run_info(info, path) -> dict:
+    """``run.json``'s content if it describes a run that can be rebuilt; else a one-line :class:`RunError`."""
+    from .tasks import get_task
+    from .tasktypes import TASK_TYPES
+    from .train import METHODS
+
+    def bad(what: str):
+        raise RunError(f"{path} is corrupt: {what}")
+
+    if not isinstance(info, dict):
+        bad(f"a JSON {type(info).__name__}, not an object")
+    missing = [k for k in ("task", "model", "method", "task_type") if k not in info]
+    if missing:
+        bad(f"not a maskfit run description (no {', '.join(missing)})")
+    task = info["task"]
+    known = set(inspect.signature(get_task).parameters)
+    if not isinstance(task, dict) or not isinstance(task.get("name"), str) or not task["name"]:
+        bad("'task' must be an object with a 'name'")
+    if not set(task) <= known or not all(v is None or isinstance(v, str) for v in task.values()):
+        bad(f"'task' holds {', '.join(sorted(set(task) - known)) or 'a value that is not text'}")
+    if not isinstance(info["model"], str) or not info["model"]:
+        bad("'model' must be a model name")
+    if info["method"] not in METHODS:
+        bad(f"unknown method {info['method']!r}")
+    if info["task_type"] not in TASK_TYPES:
+        bad(f"unknown task type {info['task_type']!r}")
+    labels = info.get("labels")
+    if labels is not None and not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
+        bad("'labels' must be a list of label names")
+    if info["task_type"] != "choice" and labels is None:
+        bad(f"a {info['task_type']} run must list its labels")
+    if "max_length" in info and not _count(info["max_length"], 2):
+        bad(f"max_length must be an integer >= 2, got {info['max_length']!r}")
+    if not isinstance(info.get("args", {}), dict):
+        bad("'args' must be an object")
+    if info.get("inputs") not in (None, "single", "pair"):
+        bad(f"'inputs' must be single or pair, got {info['inputs']!r}")
+    return info
+
+
+def read_run_info(path: str | os.PathLike) -> dict:
+    """The checked ``run.json`` of run directory ``path``."""
+    path = Path(path)
+    f = path / RUN_FILE
+    if not f.is_file():
+        raise RunError(f"{path} is not a maskfit run directory (no {RUN_FILE})")
+    return check_run_info(_read_json(f), f)
+
+
+def _progress_ok(p) -> bool:
+    return (isinstance(p, dict) and _count(p.get("epoch"), 0) and isinstance(p.get("history"), list)
+            and len(p["history"]) == p["epoch"] + 1 and all(isinstance(r, dict) for r in p["history"])
+            and isinstance(p.get("best"), (int, float)) and not isinstance(p["best"], bool)
+            and _count(p.get("best_epoch"), -1) and p["best_epoch"] <= p["epoch"]
+            and isinstance(p.get("state"), str) and re.fullmatch(r"epoch-\d+", p["state"]) is not None)
+
+
+def _plain(x):
+    """``x`` as JSON would give it back (tuples become lists): what ``run.json`` holds."""
+    return json.loads(json.dumps(x, default=str))
+
+
+def _show(v) -> str:
+    return "unset" if v is None else ",".join(map(str, v)) if isinstance(v, list) else str(v)
+
+
+def _splits(info: dict) -> dict[str, tuple[str, str | None]]:
+    """split -> (file, hash) of ``run.json``'s data fingerprint ({} when it has none)."""
+    data = info.get("data")
+    splits = data.get("splits") if isinstance(data, dict) else None
+    if not isinstance(splits, dict):
+        return {}
+    return {k: (str(v.get("file", "?")), v.get("blake2b")) for k, v in splits.items() if isinstance(v, dict)}
+
+
+_DERIVED = {"lr", "labels", "metric", "task_type", "inputs", "max_length"}
+"""run.json keys that follow from the task and the arguments."""
+
+
+def _differences(old: dict, new: dict, defaults: dict) -> tuple[list[str], list[str]]:
+    """(what differs in the data, what differs otherwise) between a saved run and this one, for messages."""
+    a, b = _comparable(old, defaults), _comparable(new, defaults)
+    for key in ("data", "inputs"):  # a run written before these were recorded has neither: nothing to compare
+        if key not in old:
+            b.pop(key, None)
+    data = []
+    if "data" in a and "data" in b:
+        was, now = _splits(old), _splits(new)
+        for split in sorted(set(was) | set(now)):
+            if (was.get(split) or (None, None))[1] != (now.get(split) or (None, None))[1]:
+                file = (now.get(split) or was.get(split))[0]
+                data.append(f"the {split} split ({file}) " + ("is new" if split not in was else
+                                                              "is gone" if split not in now else "has changed"))
+    a.pop("data", None), b.pop("data", None)
+    other = []
+    for key in ("args", "mask_config"):
+        x, y = a.pop(key, None) or {}, b.pop(key, None) or {}
+        for k in sorted(set(x) | set(y)):
+            if x.get(k) != y.get(k):
+                other.append(f"--{k.replace('_', '-')} was {_show(x.get(k))}, now {_show(y.get(k))}")
+    top = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if other or set(top) - _DERIVED:  # say what the user changed, not what followed from it
+        top = [k for k in top if k not in _DERIVED]
+    other += [f"{k} was {_show(a.get(k))}, now {_show(b.get(k))}" for k in top]
+    return data, other
+
+
+
+class RunDir:
+    """Where one training run lives while it trains (see the module doc).
+
+    ``broadcast(obj)`` hands the main process's object to every process (the engine's);
+    without it, a non-main process checks the folder itself and writes nothing.
+    """
+
+    def __init__(self, path: str | os.PathLike, is_main: bool = True, broadcast: Callable | None = None):
         self.path = Path(path)
         self.is_main = is_main
+        self._broadcast = broadcast
+        self._lock = None
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -125,44 +259,112 @@ class RunDir:
     def prepare(self, info: dict, overwrite: bool, defaults: dict) -> dict | None:
         """Create the run, or find its checkpoint: returns the saved progress to resume from, or None.
 
-        Every process runs the checks (so all of them refuse alike); only the main process
-        writes. ``defaults`` are the training arguments' defaults: a run written before an
-        argument existed had its default.
+        The main process locks the folder, removes leftover temp files and decides; every
+        process gets the same answer (or the same one-line :class:`RunError`). ``defaults``
+        are the training arguments' defaults: a run written before an argument existed had
+        its default.
         """
+        if self.is_main or self._broadcast is None:
+            try:
+                outcome = ("resume", self._decide(info, overwrite, defaults, write=self.is_main))
+            except MaskfitError as e:
+                outcome = ("error", str(e))
+        else:
+            outcome = None
+        if self._broadcast is not None:
+            outcome = self._broadcast(outcome)
+        if outcome[0] == "error":
+            self.close()
+            raise RunError(outcome[1])
+        return outcome[1]
+
+    def _decide(self, info: dict, overwrite: bool, defaults: dict, write: bool) -> dict | None:
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(f"--out {self.path} is a file, not a folder: give a folder for the run")
+        if write:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise RunError(f"cannot create --out {self.path}: {e.strerror or e}") from None
+            self._acquire()
+            self._remove_temp_files()
         run_file = self.path / RUN_FILE
-        if overwrite and run_file.exists() and self.is_main:
-            for name in (CHECKPOINT_DIR, METRICS_FILE, *BEST_FILE.values(), RUN_FILE, LOG_FILE):
-                p = self.path / name
-                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-        if not overwrite and run_file.exists():
-            old = _read_json(run_file, "run")
+        if overwrite:
+            if write:
+                for name in OWN_FILES:
+                    p = self.path / name
+                    shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        elif run_file.exists():
+            old = _read_json(run_file)
             if not isinstance(old, dict) or not isinstance(old.get("args"), dict):
                 raise RunError(f"{run_file} is corrupt; pass --overwrite to start over")
-            if _comparable(old, defaults) != _comparable(info, defaults):
-                raise RunError(f"{self.path} holds a different run ({(old.get('task') or {}).get('name')}, "
-                               f"{old.get('method')}, {old.get('model')}); use another --out or pass --overwrite")
+            data, other = _differences(old, info, defaults)
+            if other:  # another task or other arguments: its data differs too, but that is not the news
+                shown = "; ".join(other[:4]) + (f"; and {len(other) - 4} more" if len(other) > 4 else "")
+                raise RunError(f"{self.path} holds a different run ({shown}); use another --out, or pass "
+                               "--overwrite to start over")
             progress = self.progress()
             if progress is not None:
-                if self.is_main:
+                if data:
+                    raise RunError(f"the data of the run in {self.path} changed since it started: "
+                                   f"{'; '.join(data)}. Resuming would mix epochs trained and scored on different "
+                                   "data: restore the data, or pass --overwrite to start over")
+                if write:
                     atomic_write_json(run_file, info)  # epochs / patience may have been raised
                 return progress
             if (self.path / METRICS_FILE).exists():
                 raise RunError(f"{self.path} is already complete; pass --overwrite to train again")
-        if self.is_main:
-            self.path.mkdir(parents=True, exist_ok=True)
+            # the same run, stopped before its first checkpoint (killed, or its data refused): start it again
+        else:
+            found = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE and not _TEMP.fullmatch(p.name)) \
+                if self.path.is_dir() else []
+            if found:
+                shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+                raise RunError(f"--out {self.path} is not empty and holds no maskfit run (no {RUN_FILE}; it has "
+                               f"{shown}); use an empty or new folder, or pass --overwrite to write the run there")
+        if write:
             atomic_write_json(run_file, info)
         return None
+
+    def _acquire(self) -> None:
+        """Lock the run directory for this process (released by :meth:`close`, or by the OS when it dies)."""
+        from filelock import FileLock, Timeout
+
+        if self._lock is not None:
+            return
+        lock = FileLock(str(self.path / LOCK_FILE), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RunError(f"another maskfit train is using {self.path} (it holds {LOCK_FILE}); wait for it to "
+                           "finish or use another --out") from None
+        except OSError as e:
+            raise RunError(f"cannot lock {self.path / LOCK_FILE}: {e.strerror or e}") from None
+        self._lock = lock
+
+    def close(self) -> None:
+        """Release the run directory's lock (a no-op when this process does not hold it)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _remove_temp_files(self) -> None:
+        """Temp files of writes a kill interrupted (never renamed into place, so never part of the run)."""
+        for folder in (self.path, self.checkpoint_dir):
+            if folder.is_dir():
+                for p in folder.iterdir():
+                    if _TEMP.fullmatch(p.name) and p.is_file():
+                        p.unlink(missing_ok=True)
 
     def progress(self) -> dict | None:
         """The bookkeeping of the last complete checkpoint, with ``state_dir``; None when there is none."""
         f = self.checkpoint_dir / PROGRESS_FILE
         if not f.exists():
             return None
-        progress = _read_json(f, "checkpoint")
-        state = self.checkpoint_dir / str(progress.get("state", ""))
-        if not isinstance(progress, dict) or not state.is_dir():
-            raise RunError(f"{f} names no checkpoint; pass --overwrite to start over")
-        return {**progress, "state_dir": state}
+        progress = _read_json(f)
+        if not _progress_ok(progress) or not (self.checkpoint_dir / progress["state"]).is_dir():
+            raise RunError(f"{f} is corrupt or names no checkpoint; pass --overwrite to start over")
+        return {**progress, "state_dir": self.checkpoint_dir / progress["state"]}
 
     # ------------------------------------------------------------------ while training
 
@@ -223,11 +425,13 @@ class RunDir:
 
 
 def _comparable(info: dict, defaults: dict) -> dict:
-    keep = dict(info)
-    args = {**defaults, **(info.get("args") or {})}
+    keep = _plain(info)
+    args = {**_plain(defaults), **(keep.get("args") or {})}
     keep["args"] = {k: v for k, v in args.items() if k not in RESUME_FREE}
     keep.pop("precision", None)  # recorded as resolved on the machine; the asked-for value is in args
     keep.pop("engine", None)
+    if "data" in keep:  # the same bytes, wherever the files are now
+        keep["data"] = {split: digest for split, (_, digest) in _splits(info).items()}
     return keep
 
 
@@ -248,7 +452,7 @@ class Run:
     @property
     def metrics(self) -> dict:
         p = self.path / METRICS_FILE
-        return _read_json(p, "metrics") if p.exists() else {}
+        return _read_json(p) if p.exists() else {}
 
     @property
     def task_type(self) -> str:
@@ -260,7 +464,7 @@ class Run:
 
     @property
     def max_length(self) -> int:
-        return int(self.info.get("max_length") or 128)
+        return self.info.get("max_length") or 128
 
     @property
     def pooling(self) -> str:
@@ -317,11 +521,4 @@ class Run:
 
 
 def load_run(path: str | os.PathLike) -> Run:
-    path = Path(path)
-    f = path / RUN_FILE
-    if not f.is_file():
-        raise RunError(f"{path} is not a maskfit run directory (no {RUN_FILE})")
-    info = _read_json(f, "run")
-    if not isinstance(info, dict) or not all(k in info for k in ("task", "model", "method", "task_type")):
-        raise RunError(f"{f} is corrupt: not a maskfit run description")
-    return Run(path, info)
+    return Run(Path(path), read_run_info(path))

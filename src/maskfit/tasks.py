@@ -20,6 +20,8 @@ Splits are called ``train``, ``dev`` and ``test`` everywhere.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import math
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -127,9 +129,45 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     raise DataError("no data dir: pass --data-dir (or set MASKFIT_DATA_DIR)")
 
 
+def _integer(s: str) -> int | None:
+    try:
+        return int(s) if s.isascii() else None  # int() also reads "٣" and "1_0"; labels are compared as typed
+    except ValueError:
+        return None
+
+
 def _natural_sorted(labels) -> tuple[str, ...]:
     """Sort label names, numeric ones by value ("2" before "10")."""
-    return tuple(sorted(labels, key=lambda s: (0, int(s), "") if s.lstrip("-").isdigit() else (1, 0, s)))
+    return tuple(sorted(labels, key=lambda s: (0, _integer(s), "") if _integer(s) is not None else (1, 0, s)))
+
+
+def _number(s: str) -> float | None:
+    try:
+        x = float(s)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _same_number(labels) -> tuple[str, str] | None:
+    """Two label names that are the same number written differently ("0" and "0.0"), or None."""
+    seen: dict[float, str] = {}
+    for label in sorted(labels):
+        x = _number(label)
+        if x is not None:
+            if x in seen:
+                return seen[x], label
+            seen[x] = label
+    return None
+
+
+def file_digest(path: Path) -> str:
+    """blake2b (128 bits) of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _example_labels(examples: list) -> set[str]:
@@ -141,9 +179,11 @@ def _example_labels(examples: list) -> set[str]:
 class Task:
     """A :class:`TaskSpec` bound to a data directory; loads splits on demand (cached)."""
 
-    def __init__(self, spec: TaskSpec, data_dir: Path | None = None, args: dict | None = None):
+    def __init__(self, spec: TaskSpec, data_dir: Path | None = None, args: dict | None = None,
+                 encoding: str | None = None):
         self.spec = spec
         self.data_dir = data_dir
+        self.encoding = encoding  # None: the readers' default (UTF-8)
         self.args = args or {"name": spec.name}  # get_task(**args) recreates the task (run.json)
         self._cache: dict[str, list] = {}
         self._labels: tuple[str, ...] | None = spec.labels
@@ -196,7 +236,25 @@ class Task:
         return self._cache[split]
 
     def _read(self, split: str) -> list:
-        return self.spec.reader(self.path(split))
+        return self.spec.reader(self.path(split), **({"encoding": self.encoding} if self.encoding else {}))
+
+    def input_kind(self) -> str | None:
+        """``"single"`` or ``"pair"`` for a sequence task whose train split has only single texts or only
+        pairs (what a served model may be asked), else None."""
+        if self.type != "sequence":
+            return None
+        pairs = {ex.text_pair is not None for ex in self.load("train")}
+        return {frozenset({False}): "single", frozenset({True}): "pair"}.get(frozenset(pairs))
+
+    def data_fingerprint(self) -> dict:
+        """What the task's data is, so that a resumed run can tell it changed: a hash of each split's file."""
+        splits = {}
+        for split in SPLITS:
+            if self.has_split(split):
+                path = self.path(split)
+                splits[split] = ({"file": str(path), "bytes": path.stat().st_size, "blake2b": file_digest(path)}
+                                 if path.is_file() else {"file": str(path), "missing": True})
+        return {"hashed": "blake2b-128 of each split file's bytes", "splits": splits}
 
 
 # ----------------------------------------------------------------------------- hub
@@ -317,6 +375,14 @@ class HubTask(Task):
             self._labels = tuple(names) if names else super().labels
         return self._labels
 
+    def data_fingerprint(self) -> dict:
+        splits = {}
+        for split in SPLITS:
+            if self.has_split(split):
+                ds = self._load_dataset()[self._hub_split(split)]
+                splits[split] = {"file": self.source(split), "blake2b": getattr(ds, "_fingerprint", None)}
+        return {"hashed": "the datasets library's fingerprint of each split", "splits": splits}
+
     def _read(self, split: str) -> list:
         ds = self._load_dataset()[self._hub_split(split)]
         text, pair, label = self._resolve_columns(ds.column_names)
@@ -337,7 +403,7 @@ class HubTask(Task):
 # -------------------------------------------------------------------------- lookup
 
 
-def _custom_task(fmt, path, dev, test, text_column, text_pair_column, label_column) -> Task:
+def _custom_task(fmt, path, dev, test, text_column, text_pair_column, label_column, encoding) -> Task:
     name = f"{fmt}:{path}"
     if not text_column or not label_column:
         raise DataError(f"custom task {name!r} needs text_column and label_column "
@@ -352,18 +418,27 @@ def _custom_task(fmt, path, dev, test, text_column, text_pair_column, label_colu
     spec = TaskSpec(name, "sequence", "accuracy", files, reader, eval_split=eval_split,
                     description=f"custom {fmt} task from {files['train']}")
     args = {"name": f"{fmt}:{files['train']}", "dev": files.get("dev"), "test": files.get("test"),
-            "text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column}
-    return Task(spec, None, {k: v for k, v in args.items() if v is not None})
+            "text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column,
+            "encoding": encoding}
+    return Task(spec, None, {k: v for k, v in args.items() if v is not None}, encoding)
 
 
 def get_task(name: str, data_dir: str | Path | None = None, dev: str | None = None, test: str | None = None,
              text_column: str | None = None, text_pair_column: str | None = None,
-             label_column: str | None = None) -> Task:
-    """Resolve a task name (built-in, ``csv:/tsv:/jsonl:PATH`` or hub ``a/b``) to a :class:`Task`."""
+             label_column: str | None = None, encoding: str | None = None) -> Task:
+    """Resolve a task name (built-in, ``csv:/tsv:/jsonl:PATH`` or hub ``a/b``) to a :class:`Task`.
+
+    ``encoding`` is the text encoding of the task's files (default UTF-8)."""
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(f"a task name must be a non-empty string, got {name!r}")
+    if encoding is not None:
+        readers.check_encoding(encoding)
     fmt, sep, path = name.partition(":")
     if sep and fmt in _CUSTOM_FORMATS:
-        return _custom_task(fmt, path, dev, test, text_column, text_pair_column, label_column)
+        return _custom_task(fmt, path, dev, test, text_column, text_pair_column, label_column, encoding)
     if "/" in name:
+        if encoding is not None:
+            raise DataError(f"--encoding applies to files, not to the hub dataset {name!r}")
         return HubTask(name, text_column, text_pair_column, label_column)
     key = name.lower().replace("_", "-")
     if key not in TASKS:
@@ -374,7 +449,8 @@ def get_task(name: str, data_dir: str | Path | None = None, dev: str | None = No
     given = [k for k, v in extra.items() if v is not None]
     if given:
         raise DataError(f"{', '.join(given)} only apply to custom csv:/tsv:/jsonl: tasks, not {key!r}")
-    return Task(TASKS[key], resolve_data_dir(data_dir), {"name": key})
+    args = {"name": key, **({"encoding": encoding} if encoding is not None else {})}
+    return Task(TASKS[key], resolve_data_dir(data_dir), args, encoding)
 
 
 def _labelled(task: Task, split: str) -> list:
@@ -392,7 +468,10 @@ def check_labels(task: Task) -> tuple[str, ...]:
     """Validate the train and eval splits before training; return the task's labels.
 
     Raises ``DataError`` for an empty or unavailable train split, unlabelled examples, a
-    train label outside a fixed label list, or an eval-split label that train lacks.
+    train label outside a fixed label list, an eval-split label that train lacks, a train
+    split with a single class (a classifier would learn nothing and score a meaningless
+    100%), or two labels that are one number written two ways (``0`` and ``0.0``: they
+    would be different classes).
     """
     train = _labelled(task, "train")
     labels = task.labels
@@ -401,10 +480,20 @@ def check_labels(task: Task) -> tuple[str, ...]:
     for label in sorted(seen - set(labels)):
         raise DataError(f"{task.source('train')}: label {label!r} is not a label of task "
                         f"{task.name!r} ({', '.join(labels)})")
+    twins = _same_number(seen)
+    if twins:
+        raise DataError(f"{task.source('train')}: labels {twins[0]!r} and {twins[1]!r} are the same number written "
+                        "two ways, so they would be two different classes; write every label the same way")
+    if not choice and len(seen) == 1:
+        kind = "tag" if isinstance(train[0], TaggingExample) else "label"
+        raise DataError(f"{task.source('train')}: every training example has the {kind} {next(iter(seen))!r}; "
+                        f"a classifier needs at least two classes to learn anything")
     split = task.eval_split
     if split != "train" and task.has_split(split):
         examples = _labelled(task, split)
         for label in sorted(set() if choice else _example_labels(examples) - seen):
+            twin = next((s for s in seen if _number(s) is not None and _number(s) == _number(label)), None)
+            hint = f" (train writes it {twin!r}: the same number written differently)" if twin else ""
             raise DataError(f"{task.source(split)}: label {label!r} does not occur in the train split "
-                            f"({task.source('train')})")
+                            f"({task.source('train')}){hint}")
     return labels

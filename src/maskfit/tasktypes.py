@@ -69,8 +69,12 @@ class TaskType:
         """Unpadded features (see :mod:`maskfit.data.encode`)."""
         return encode_features(self.name, examples, tokenizer, labels, max_length)
 
-    def parse(self, inputs) -> list:
-        """Request or ``predict`` inputs → examples; :class:`InputError` names the bad input."""
+    def parse(self, inputs, text_kind: str | None = None) -> list:
+        """Request or ``predict`` inputs → examples; :class:`InputError` names the bad input.
+
+        ``text_kind`` is what a sequence task was trained on (``"single"`` texts or ``"pair"`` s,
+        recorded at training time; None: unknown, both accepted); other types ignore it.
+        """
         if isinstance(inputs, (str, bytes, dict)) or not hasattr(inputs, "__len__"):
             raise InputError("inputs must be a list")
         if len(inputs) == 0:
@@ -148,10 +152,14 @@ class SequenceType(TaskType):
             return SequenceExample(x["text"], x.get("text_pair"))
         raise InputError(f"input {i}: a sequence task takes a string or a [text, text_pair] pair")
 
-    def parse(self, inputs):
+    def parse(self, inputs, text_kind=None):
         out = super().parse(inputs)
         if len({ex.text_pair is not None for ex in out}) > 1:
             raise InputError("mix of single texts and [text, text_pair] pairs in one call: send them separately")
+        if text_kind in ("single", "pair") and (out[0].text_pair is not None) != (text_kind == "pair"):
+            raise InputError("this task was trained on sentence pairs: send each input as [text, text_pair]"
+                             if text_kind == "pair" else
+                             "this task was trained on single texts: send each input as one string, not a pair")
         return out
 
 

@@ -293,8 +293,11 @@ def _fit(engine: Engine, task, model_name, out_dir, args, mask_config, model_con
         "args": asdict(args),
         "mask_config": mask_config.to_dict() if mask_config else None,
         "engine": engine.describe(),
+        "inputs": task.input_kind(),  # single texts or pairs: what the server will accept for this task
     }
-    run = RunDir(out_dir, engine.is_main) if out_dir is not None else None
+    if out_dir is not None:
+        info["data"] = task.data_fingerprint()  # a resume refuses data that changed
+    run = RunDir(out_dir, engine.is_main, engine.broadcast) if out_dir is not None else None
     resume = run.prepare(info, overwrite, TrainArgs.defaults()) if run else None
     handler = run.attach_log() if run else None
     try:
@@ -347,7 +350,7 @@ def _fit(engine: Engine, task, model_name, out_dir, args, mask_config, model_con
             if improved:
                 best, best_epoch, stale = score, len(history) - 1, 0
                 if run:
-                    run.save_best(engine.unwrap(model), args.method, {"task": info["task"]})
+                    run.save_best(engine.unwrap(model), args.method, {"task": info["task"], "inputs": info["inputs"]})
                 else:
                     best_state = trainable_state(engine.unwrap(model))
             else:
@@ -401,6 +404,8 @@ def _fit(engine: Engine, task, model_name, out_dir, args, mask_config, model_con
         return FitResult(model.eval(), metrics, out_dir)
     finally:
         RunDir.detach_log(handler)
+        if run:
+            run.close()
 
 
 def mask_diagnostics(model: nn.Module, previous: dict[str, torch.Tensor] | None) -> dict:

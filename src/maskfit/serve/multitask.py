@@ -50,7 +50,6 @@ tokenise while another one runs the model.
 """
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -96,6 +95,8 @@ class _Task:
     layers: dict[str, MaskedLinear] = field(default_factory=dict)
     head: dict[str, nn.Parameter] = field(default_factory=dict)
     file_bytes: int = 0
+    inputs: str | None = None
+    """``"single"`` / ``"pair"``: what a sequence task was trained on (None: not recorded, both accepted)."""
 
     @property
     def type(self) -> str:
@@ -115,6 +116,49 @@ class _Task:
 
     def mask(self, layer: str) -> torch.Tensor:
         return self.layers[layer].mask(self.name)
+
+
+CHARS_PER_TOKEN = 32
+"""With truncation off, an input may have at most this many characters per token of the
+limit (16,384 for 512 tokens), and a request this many per token of ``max_tokens``: real
+text has 4-6 per token, and tokenising megabytes of text takes seconds, under a lock that
+every other request waits for."""
+
+
+def _characters(ex) -> tuple[int, int]:
+    """(characters of the example's longest sequence, characters the tokenizer reads for all of it):
+    a choice context is read once per choice."""
+    if hasattr(ex, "choices"):
+        longest = len(ex.context) + max(map(len, ex.choices), default=0)
+        return longest, len(ex.choices) * len(ex.context) + sum(map(len, ex.choices))
+    n = sum(map(len, ex.words)) + len(ex.words) if hasattr(ex, "words") else len(ex.text) + len(ex.text_pair or "")
+    return n, n
+
+
+def _check_characters(examples, limit: int, max_tokens: int | None) -> None:
+    sizes = [_characters(ex) for ex in examples]
+    for i, (longest, _) in enumerate(sizes):
+        if longest > limit * CHARS_PER_TOKEN:
+            raise InputTooLongError(f"input {i} has {longest} characters, more than {limit} tokens can hold "
+                                    f"({CHARS_PER_TOKEN} per token); shorten it")
+    total = sum(n for _, n in sizes)
+    if max_tokens is not None and total > max_tokens * CHARS_PER_TOKEN:
+        raise InputTooLongError(f"the inputs have {total} characters in all, more than {max_tokens} tokens "
+                                f"can hold ({CHARS_PER_TOKEN} per token); send fewer or shorter inputs")
+
+
+def padded_tokens(features, batch_size: int) -> int:
+    """Tokens the model runs on for ``features`` in input order: per batch, rows (inputs, times the most
+    choices) × the longest row. What bounds a request's work (one input with many choices pads every other)."""
+    from ..data.encode import feature_length
+
+    total = 0
+    for start in range(0, len(features), batch_size):
+        chunk = features[start:start + batch_size]
+        choices = [len(f["input_ids"]) for f in chunk if f["input_ids"] and isinstance(f["input_ids"][0], list)]
+        rows = len(chunk) * (max(choices) if choices else 1)
+        total += rows * max(feature_length(f) for f in chunk)
+    return total
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -253,14 +297,10 @@ class MultiTaskModel:
         path = Path(mask_file_or_run_dir)
         run_info = {}
         if path.is_dir():
-            run_file = path / "run.json"
-            if run_file.is_file():
-                try:
-                    run_info = json.loads(run_file.read_text())
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    raise MaskfileError(f"{run_file} is corrupt: {e}") from None
-                if not isinstance(run_info, dict):
-                    raise MaskfileError(f"{run_file} is corrupt: not an object")
+            from ..run import RUN_FILE, read_run_info
+
+            if (path / RUN_FILE).is_file():
+                run_info = read_run_info(path)  # checked: a corrupt run.json is a one-line RunError
             if run_info.get("method", "mask") != "mask":
                 raise MaskfileError(f"{path} is a '{run_info.get('method')}' run: only mask runs "
                                     "(task.masks) can share a base in a MultiTaskModel")
@@ -268,6 +308,9 @@ class MultiTaskModel:
         mf = read_maskfile(path)
         check_base(self.fingerprint, mf.meta, path, have=self.base_model_name)
         kind, labels = task_type(mf.task_type), mf.labels
+        extra = mf.meta.get("extra") if isinstance(mf.meta.get("extra"), dict) else {}
+        text_kind = extra.get("inputs") or run_info.get("inputs")  # recorded by maskfit train; older files: None
+        text_kind = text_kind if text_kind in ("single", "pair") else None
 
         with self._lock:
             if task_name in self._tasks and not replace:
@@ -301,7 +344,8 @@ class MultiTaskModel:
             if task_name in self._tasks:
                 self._drop(task_name)
             task = _Task(name=task_name, source=str(path), meta=mf.meta, kind=kind, labels=labels,
-                         max_length=run_info.get("max_length"), head=head, file_bytes=path.stat().st_size)
+                         max_length=run_info.get("max_length"), head=head, file_bytes=path.stat().st_size,
+                         inputs=text_kind)
             for name, module in plan:
                 if not isinstance(module, MaskedLinear):
                     module = MaskedLinear.wrap(module)
@@ -356,6 +400,7 @@ class MultiTaskModel:
             "head_params": sum(p.numel() for p in t.head.values()),
             "file_bytes": t.file_bytes,
             "max_length": t.max_length,
+            "inputs": t.inputs,
             "source": t.source,
         }
 
@@ -458,16 +503,19 @@ class MultiTaskModel:
 
     # ------------------------------------------------------------------ inference
 
-    def encode(self, task_name: str, inputs, max_length: int | None = None, truncate: bool = True):
+    def encode(self, task_name: str, inputs, max_length: int | None = None, truncate: bool = True,
+               max_tokens: int | None = None):
         """(examples, features) for ``inputs``; see :meth:`predict` for the length rules."""
         from ..data.encode import feature_length
 
         if self.tokenizer is None:
             raise MaskfitError("this MultiTaskModel has no tokenizer (built from a config)")
         task = self._task(task_name)
-        examples = task.kind.parse(inputs)
+        examples = task.kind.parse(inputs, task.inputs)
         limit = int(max_length or task.max_length or self.max_length)
         limit = min(limit, self.max_length)
+        if not truncate:  # refuse what cannot fit before the tokenizer spends time on it (it holds a lock)
+            _check_characters(examples, limit, max_tokens)
         with self._tok_lock:
             try:
                 feats = task.kind.encode(examples, self.tokenizer, task.labels, limit if truncate else limit + 1)
@@ -478,6 +526,12 @@ class MultiTaskModel:
                 if feature_length(f) > limit:
                     raise InputTooLongError(f"input {i} has more than {limit} tokens (the limit); "
                                             "shorten it or allow truncation")
+        if max_tokens is not None:
+            work = padded_tokens(feats, self.batch_size)
+            if work > max_tokens:
+                raise InputTooLongError(f"the inputs need {work} tokens in all (padded in batches of "
+                                        f"{self.batch_size}), over the limit of {max_tokens} per request; "
+                                        "send fewer or shorter inputs")
         return examples, feats
 
     def logits(self, task_name: str, batch: dict) -> torch.Tensor:
@@ -491,14 +545,15 @@ class MultiTaskModel:
             self._switch(task)
             return task.kind.logits(self._model_of(task), batch)
 
-    def outputs(self, task_name: str, inputs, max_length: int | None = None, truncate: bool = True) -> list:
+    def outputs(self, task_name: str, inputs, max_length: int | None = None, truncate: bool = True,
+                max_tokens: int | None = None) -> list:
         """Each input's output (its logits, see :mod:`maskfit.tasktypes`), in input order."""
-        return self._run(task_name, inputs, max_length, truncate)[1]
+        return self._run(task_name, inputs, max_length, truncate, max_tokens)[1]
 
-    def _run(self, task_name, inputs, max_length, truncate):
+    def _run(self, task_name, inputs, max_length, truncate, max_tokens=None):
         from ..engine import predict_outputs
 
-        examples, feats = self.encode(task_name, inputs, max_length, truncate)
+        examples, feats = self.encode(task_name, inputs, max_length, truncate, max_tokens)
         with self._lock, torch.no_grad():
             task = self._task(task_name)
             self._switch(task)
@@ -506,7 +561,8 @@ class MultiTaskModel:
                                     self.batch_size, self.device, "fp32", order="input")
         return examples, [o for _, o in pairs]
 
-    def predict(self, task_name: str, inputs, max_length: int | None = None, truncate: bool = True) -> list[dict]:
+    def predict(self, task_name: str, inputs, max_length: int | None = None, truncate: bool = True,
+                max_tokens: int | None = None) -> list[dict]:
         """Answers for ``inputs`` of task ``task_name``, one dict per input.
 
         * sequence (``"text"`` or ``[text, text_pair]``): ``{"label", "probabilities":
@@ -519,12 +575,16 @@ class MultiTaskModel:
         Length: at most ``max_length`` tokens (default: the task's training
         ``max_length`` from ``run.json`` when registered from a run directory, else
         the model's limit, 512 for BERT / MPNet). Longer inputs are truncated, or,
-        with ``truncate=False``, refused with :class:`InputTooLongError`. Inputs are
-        run in order, in batches of :attr:`batch_size`, and the answers equal the
-        single-task model's on the same batches exactly.
+        with ``truncate=False``, refused with :class:`InputTooLongError` (and so is an input
+        of more than :data:`CHARS_PER_TOKEN` characters per allowed token, before it is
+        tokenised). ``max_tokens`` bounds a call's work: the tokens its padded batches
+        hold (:func:`padded_tokens`; more → :class:`InputTooLongError`). A sequence task
+        trained on single texts refuses pairs and the other way round (:class:`InputError`).
+        Inputs are run in order, in batches of :attr:`batch_size`, and the answers equal
+        the single-task model's on the same batches exactly.
         """
         task = self._task(task_name)
-        examples, outputs = self._run(task_name, inputs, max_length, truncate)
+        examples, outputs = self._run(task_name, inputs, max_length, truncate, max_tokens)
         return [task.kind.answer(o, task.labels, ex) for o, ex in zip(outputs, examples)]
 
     def resident_bytes(self) -> dict:
