@@ -61,6 +61,7 @@ def test_train_eval_predict_round_trip(kind, method, tmp_path, capsys):
     assert rc == 0, err
     ev = json.loads(stdout)
     assert ev["score"] == pytest.approx(metrics["best_score"], abs=1e-9)
+    assert ev["loss"] == pytest.approx(metrics["epochs"][metrics["best_epoch"] - 1]["dev_loss"], rel=1e-6)
 
     args = ["predict", "--run", out]
     for t in inputs["text"]:
@@ -236,3 +237,18 @@ def test_run_model_matches_returned_model(tmp_path):
     batch = tok(["The book was read by John.", "John book the read."], return_tensors="pt", padding=True)
     with torch.no_grad():
         assert torch.equal(res.model(**batch).logits, reloaded(**batch).logits)
+
+
+@pytest.mark.parametrize("score, loss, gain", [
+    (0.70, 0.60, True),    # a higher metric is a gain whatever the loss
+    (0.70, 0.90, True),
+    (0.684, 0.61, True),   # the same metric (a majority-class plateau) with a lower dev loss
+    (0.684, 0.62, False),  # the same metric and the same loss: no gain
+    (0.684, 0.63, False),
+    (0.60, 0.10, False),   # a lower metric never is, however low the loss
+])
+def test_dev_gain(score, loss, gain):
+    from maskfit.train import dev_gain
+
+    assert dev_gain(score, loss, 0.684, 0.62) is gain
+    assert dev_gain(score, loss, float("-inf"), float("inf"))  # the first epoch always is

@@ -270,12 +270,14 @@ def cmd_eval(a) -> int:
     engine = _engine(a, run)
     try:
         outputs = _outputs(engine, run, run.model(device=engine.device), examples, a.batch_size)
-        score, _ = task_type(run.task_type).score(task.metric, outputs, examples, run.labels)
+        kind = task_type(run.task_type)
+        score, _ = kind.score(task.metric, outputs, examples, run.labels)
+        loss = kind.mean_loss(outputs, examples, run.labels)
     finally:
         engine.end()
     if engine.is_main:
         print(json.dumps({"run": str(a.run), "task": task.name, "split": split, "metric": task.metric,
-                          "score": score, "n": len(examples), "device": str(engine.device),
+                          "score": score, "loss": loss, "n": len(examples), "device": str(engine.device),
                           "precision": engine.precision}))
     return 0
 
