@@ -71,6 +71,20 @@ def test_precision_auto_follows_the_device():
         resolve_precision("int8", cpu)
 
 
+def test_auto_keeps_cpu_mask_training_in_fp32_on_a_native_bf16_cpu(monkeypatch):
+    import maskfit.runtime as runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    cpu = torch.device("cpu")
+    assert runtime.resolve_precision("auto", cpu) == "bf16"  # inference and finetuning: native bf16
+    assert runtime.resolve_precision("auto", cpu, mask_training=True) == "fp32"
+    assert runtime.resolve_precision("bf16", cpu, mask_training=True) == "bf16"  # asked for: given
+    from maskfit.engine import Engine
+
+    assert Engine("cpu", "auto", mask_training=True).precision == "fp32"
+    assert Engine("cpu", "auto").precision == "bf16"
+
+
 @pytest.mark.parametrize("extra,needle", [
     (["--device", "tpu"], "unknown device"),
     (["--precision", "fp16", "--device", "cpu"], "fp16 autocast needs a GPU"),

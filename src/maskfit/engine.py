@@ -181,7 +181,7 @@ class Engine:
 
     def __init__(self, device: str = "auto", precision: str = "auto", *, grad_accum: int = 1,
                  max_grad_norm: float | None = None, log_with: Sequence[str] | None = None,
-                 project_dir: str | os.PathLike | None = None):
+                 project_dir: str | os.PathLike | None = None, mask_training: bool = False):
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 
@@ -202,7 +202,7 @@ class Engine:
             _accelerator_state_reset()
             if wanted.type == "cuda":
                 torch.cuda.set_device(wanted)
-        self.precision = resolve_precision(precision, wanted)
+        self.precision = resolve_precision(precision, wanted, mask_training)
         self.accelerator = Accelerator(
             cpu=wanted.type == "cpu", mixed_precision={"fp32": "no"}.get(self.precision, self.precision),
             log_with=trackers or None, project_dir=str(project_dir) if project_dir is not None else None,

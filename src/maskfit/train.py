@@ -279,7 +279,8 @@ def fit(task, model_name: str, out_dir: str | os.PathLike | None, args: TrainArg
     if args.method == "mask":
         mask_config = mask_config or MaskConfig(seed=args.seed)
     engine = Engine(args.device, args.precision, grad_accum=args.grad_accum, max_grad_norm=args.max_grad_norm,
-                    log_with=args.log_with, project_dir=out_dir if args.log_with else None)
+                    log_with=args.log_with, project_dir=out_dir if args.log_with else None,
+                    mask_training=args.method == "mask")
     try:
         return _fit(engine, task, model_name, Path(out_dir) if out_dir is not None else None, args, mask_config,
                     model_config, overwrite, callbacks or [], progress, task_info)
