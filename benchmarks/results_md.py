@@ -111,7 +111,9 @@ def main() -> None:
         for r in json.loads(size.read_text()):
             out.append(f"| {r['model']} | {r['fp32_bytes']:,} B | {r['masked_weights']:,} ({r['masked_layers']}) | "
                        f"{r['file_bytes']:,} B | {r['percent_of_fp32']:.2f}% |")
-    out += ["", "One bit per masked weight plus the random head (fp32) and a JSON header.", ""]
+    out += ["", "One bit per masked weight (mask file v1) plus the random head (fp32) and a JSON header; v2 "
+            "(below) codes the same masks under the entropy bound.", ""]
+    out.append(section(RES / "mask_codec.md", drop_title=False).replace("\n# ", "\n## ").lstrip("#"))
 
     for model in ("minilm", "mpnet"):
         out += [f"## Serving many tasks from one base: {model}", ""]

@@ -127,7 +127,7 @@ def test_resaving_a_loaded_model_gives_the_same_file(trained, tmp_path):
 def test_metadata(trained):
     mf = read_maskfile(trained["path"])
     meta, model = mf.meta, trained["model"]
-    assert meta["format"] == "maskfit.masks" and meta["version"] == 1
+    assert meta["format"] == "maskfit.masks" and meta["version"] == 2
     assert meta["base_model"] == "minilm"
     assert meta["fingerprint"] == fingerprint(model)
     assert meta["task_type"] == "sequence" and mf.labels == LABELS
@@ -144,8 +144,14 @@ def test_file_size(trained):
     masked = mask_stats(model)["total"]
     head_bytes = sum(p.numel() * p.element_size() for p in random_head_parameters(model).values())
     assert head_bytes == (2 * 384 + 2) * 4
-    assert size <= math.ceil(masked / 8) + head_bytes + 64 * 1024
-    assert size >= math.ceil(masked / 8) + head_bytes  # really the bits, nothing dropped
+    # v2 codes each layer within 1% of its entropy bound n·H(p) (plus a 4-byte word), never above 1 bit/weight
+    from maskfit.maskcodec import entropy_bits
+
+    bound = sum(entropy_bits(m) for m in binary_masks(model).values()) / 8
+    layers = len(binary_masks(model))
+    assert size <= 1.01 * bound + 4 * layers + head_bytes + 64 * 1024
+    assert size - head_bytes >= 0.999 * bound  # really the information, nothing dropped
+    assert size < math.ceil(masked / 8) + head_bytes  # below the v1 file's 1 bit per weight
     # ~3% of the fp32 model.
     model_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if not n.endswith("scores"))
     assert size / model_bytes < 0.05
@@ -191,12 +197,18 @@ def test_fingerprint_ignores_head_and_masks(trained):
 
 # --------------------------------------------------------------------------- corrupt files
 
-def _rewrite(src, dst, edit_tensors=None, edit_meta=None):
+def _rewrite(src, dst, edit_tensors=None, edit_meta=None, reseal=True):
+    """Copy a mask file with edits. ``reseal``: recompute the payload checksum, as a careful
+    forger would, so that the checks behind the checksum are the ones tested."""
     with safe_open(str(src), "pt") as f:
         meta = dict(f.metadata())
     tensors = load_file(str(src))
     if edit_tensors:
         edit_tensors(tensors)
+    if reseal and edit_tensors:
+        d = json.loads(meta["maskfit"])
+        d["checksum"] = maskfile_mod.payload_checksum(tensors)
+        meta["maskfit"] = json.dumps(d)
     if edit_meta:
         edit_meta(meta)
     save_file(tensors, str(dst), metadata=meta)

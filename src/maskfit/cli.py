@@ -190,6 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "measuring its resident memory")
     p.set_defaults(func=cmd_memory)
 
+    # mask files
+    p = sub.add_parser("inspect", help="what a mask file holds: task, labels, base, format, per-layer sparsity "
+                       "and bytes, bits per weight")
+    p.add_argument("file", help="a mask file (task.masks)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("convert", help="rewrite a mask file in the current format (v2: entropy-coded, checksummed)")
+    p.add_argument("file", help="a mask file of any readable version")
+    p.add_argument("-o", "--output", help="write here (default: replace FILE, atomically)")
+    p.set_defaults(func=cmd_convert)
+
     # analyze
     p = sub.add_parser("analyze", help="the paper's analyses (sparsity-sweep, layers, tsne, similarity, "
                        "connectivity, bezier, transfer)")
@@ -400,6 +411,41 @@ def cmd_ensemble(a) -> int:
     result = ensemble_runs(a.run, a.method, a.split, limit=a.limit, device=a.device, precision=a.precision or "fp32")
     if _is_main():
         print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_inspect(a) -> int:
+    from .maskfile import describe
+
+    d = describe(a.file)
+    if a.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    labels = ", ".join(map(str, d["labels"])) if d["labels"] else "(multiple choice: none)"
+    over = f", {d['bytes_over_bound']:.3f}x the entropy bound" if d["bytes_over_bound"] else ""
+    print(f"{d['file']}: maskfit mask file v{d['format_version']}, {d['bytes']:,} bytes, checksum {d['checksum']}")
+    print(f"  task {d['task'] or '?'} ({d['task_type']}, pooling {d['pooling']}), labels: {labels}")
+    print(f"  base {d['base_model']} (fingerprint {d['fingerprint']})")
+    print(f"  {d['masked_weights']:,} masked weights in {len(d['layers'])} layers, sparsity {d['sparsity']:.4f}; "
+          f"masks {d['mask_bytes']:,} bytes = {d['bits_per_weight']:.3f} bits per weight{over}; head "
+          f"{d['head_bytes']:,} bytes")
+    width = max(len(r["layer"]) for r in d["layers"])
+    print(f"  {'layer':<{width}}  {'shape':>11}  sparsity  codec     bytes  bits/weight")
+    for r in d["layers"]:
+        shape = "x".join(map(str, r["shape"]))
+        print(f"  {r['layer']:<{width}}  {shape:>11}  {r['sparsity']:8.4f}  {r['codec']:<8} {r['bytes']:>6}  "
+              f"{r['bits_per_weight']:.3f}")
+    return 0
+
+
+def cmd_convert(a) -> int:
+    from .maskfile import convert, describe
+
+    before = describe(a.file)
+    out = convert(a.file, a.output)
+    after = describe(out)
+    print(f"{out}: v{before['format_version']} {before['bytes']:,} bytes -> v{after['format_version']} "
+          f"{after['bytes']:,} bytes ({after['bits_per_weight']:.3f} bits per weight)")
     return 0
 
 

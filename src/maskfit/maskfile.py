@@ -2,11 +2,15 @@
 
 Layout (one safetensors file, written atomically):
 
-* ``mask/<layer>``: uint8, the layer's bool mask flattened row-major and packed 8 per
-  byte (least significant bit first), padded with zeros to a whole byte;
+* ``mask/<layer>``: uint8, the layer's bool mask flattened row-major and coded by the
+  layer's codec (metadata ``codecs``; :mod:`maskfit.maskcodec`: ANS below 1 bit per weight,
+  or packed 8 per byte, least significant bit first, or nothing for a constant layer).
+  Version 1 files always packed;
 * ``head/<param>``: the randomly initialised, never trained classifier tensors;
 * metadata ``maskfit``: JSON with the format version, base model name and fingerprint,
-  task type, labels, ``MaskConfig``, layer shapes and sparsity.
+  task type, labels, ``MaskConfig``, layer shapes and sparsity, the layer codecs and a
+  blake2b ``checksum`` of every tensor (checked before anything is decoded: a flipped or
+  truncated file is refused, never decoded into another mask).
 """
 from __future__ import annotations
 
@@ -26,7 +30,10 @@ from .errors import MaskfileError
 from .masking import DEFAULT, MaskConfig, active_layers, mask_model, mask_stats, pack_bits, unpack_bits, unwrap
 
 FORMAT = "maskfit.masks"
-VERSION = 1
+VERSION = 2
+"""Written by :func:`save_masks`: entropy-coded layers (:mod:`maskfit.maskcodec`) and a payload
+checksum. Version 1 (1 bit per weight, no checksum) is still read; ``maskfit convert`` rewrites it."""
+READABLE = (1, 2)
 REQUIRED = ("base_model", "fingerprint", "task_type", "mask_config", "layers")
 """Metadata keys every mask file must have."""
 
@@ -81,7 +88,6 @@ def save_masks(model: nn.Module, path: str | os.PathLike, labels=None, extra: di
     else from its config and head class.
     """
     from .heads import random_head_parameters
-    from .run import atomic_write
 
     path = Path(path)
     inner = unwrap(model)
@@ -92,9 +98,6 @@ def save_masks(model: nn.Module, path: str | os.PathLike, labels=None, extra: di
     layers = active_layers(inner)
     if not layers:
         raise MaskfileError("the model has no masked layers (or none active): call mask_model first")
-    tensors = {f"mask/{n}": pack_bits(m.mask()).cpu() for n, m in layers.items()}
-    for n, p in random_head_parameters(model).items():
-        tensors[f"head/{n}"] = p.detach().contiguous().cpu()
     cfg = inner.config
     task_type = task_type or getattr(model, "task_type", None) or _task_type_of(inner)
     if labels is None and task_type != "choice":
@@ -118,9 +121,73 @@ def save_masks(model: nn.Module, path: str | os.PathLike, labels=None, extra: di
         "masked_weights": stats["total"],
         "extra": extra or {},
     }
+    head = {n: p.detach().contiguous().cpu() for n, p in random_head_parameters(model).items()}
+    return _write(path, meta, {n: m.mask() for n, m in layers.items()}, head)
+
+
+def _write(path: Path, meta: dict, masks: dict[str, torch.Tensor], head: dict[str, torch.Tensor]) -> Path:
+    """Code ``masks`` (layer → bool) and write them with ``head`` and ``meta`` as a current-version file, atomically."""
+    from . import maskcodec
+    from .run import atomic_write
+
+    tensors, codecs = {}, {}
+    for n, m in masks.items():
+        codecs[n], tensors[f"mask/{n}"] = maskcodec.encode(m)
+    tensors.update({f"head/{n}": t for n, t in head.items()})
+    meta = {**meta, "format": FORMAT, "version": VERSION, "codecs": codecs, "checksum": payload_checksum(tensors)}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, writer=lambda tmp: save_file(tensors, tmp, metadata={"maskfit": json.dumps(meta)}))
     return path
+
+
+def convert(path: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Rewrite a mask file (any readable version) in the current format; ``out`` defaults to ``path``."""
+    mf = read_maskfile(path)
+    meta = {k: v for k, v in mf.meta.items() if k not in ("codecs", "checksum")}
+    return _write(Path(out or path), meta, mf.masks, mf.head)
+
+
+def describe(path: str | os.PathLike) -> dict:
+    """What a mask file holds (``maskfit inspect``): header facts, per-layer sparsity and bytes, bits per weight."""
+    from safetensors import safe_open
+
+    from .maskcodec import entropy_bits
+
+    mf = read_maskfile(path)  # every check, the checksum included
+    with safe_open(str(mf.path), "pt") as f:
+        stored = {k[5:]: f.get_slice(k).get_shape() for k in f.keys() if k.startswith("mask/")}
+    layers, total_bits, total_n, bound = [], 0, 0, 0.0
+    for name, shape in mf.shapes.items():
+        mask = mf.masks[name]
+        n, nbytes = mask.numel(), int(stored[name][0]) if stored[name] else 0
+        h = entropy_bits(mask)
+        layers.append({"layer": name, "shape": list(shape), "sparsity": 1 - float(mask.sum()) / n,
+                       "codec": (mf.meta.get("codecs") or {}).get(name, {}).get("codec", "packed"),
+                       "bytes": nbytes, "bits_per_weight": 8 * nbytes / n, "entropy_bits_per_weight": h / n})
+        total_bits, total_n, bound = total_bits + 8 * nbytes, total_n + n, bound + h
+    meta = mf.meta
+    return {
+        "file": str(mf.path), "bytes": mf.path.stat().st_size, "format_version": meta["version"],
+        "task": (meta.get("extra") or {}).get("task", {}).get("name") if isinstance((meta.get("extra") or {}).get("task"), dict) else None,
+        "task_type": meta["task_type"], "labels": meta.get("labels"), "pooling": mf.pooling,
+        "base_model": meta["base_model"], "fingerprint": meta["fingerprint"],
+        "checksum": "verified" if meta["version"] >= 2 else "none (version 1: maskfit convert adds one)",
+        "masked_weights": total_n, "sparsity": 1 - sum(float(m.sum()) for m in mf.masks.values()) / total_n,
+        "mask_bytes": total_bits // 8, "bits_per_weight": total_bits / total_n,
+        "entropy_bound_bytes": bound / 8, "bytes_over_bound": (total_bits / bound) if bound else None,
+        "head_bytes": sum(t.numel() * t.element_size() for t in mf.head.values()),
+        "layers": layers,
+    }
+
+
+def payload_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """blake2b of every tensor of a mask file (name, dtype, shape, bytes), in name order."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 @dataclass
@@ -164,9 +231,9 @@ def _check_meta(meta, path: Path) -> dict:
 
     if not isinstance(meta, dict):
         raise MaskfileError(f"corrupt mask file {path}: its metadata is a {type(meta).__name__}, not an object")
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+    if meta.get("format") != FORMAT or meta.get("version") not in READABLE:
         raise MaskfileError(f"{path}: unsupported format {meta.get('format')!r} version {meta.get('version')!r}")
-    missing = [k for k in REQUIRED if k not in meta]
+    missing = [k for k in REQUIRED + (("codecs", "checksum") if meta["version"] >= 2 else ()) if k not in meta]
     if missing:
         raise MaskfileError(f"corrupt mask file {path}: metadata lacks {', '.join(missing)}")
     if meta["task_type"] not in TASK_TYPES:
@@ -215,7 +282,10 @@ def read_maskfile(path: str | os.PathLike) -> MaskFile:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise MaskfileError(f"corrupt mask file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if meta["version"] >= 2 and payload_checksum(tensors) != meta["checksum"]:
+        raise MaskfileError(f"corrupt mask file {path}: its content does not match the checksum in its header")
     packed, head = {}, {}
+    codecs = meta.get("codecs") if isinstance(meta.get("codecs"), dict) else {}
     for name, shape in meta["layers"].items():
         t = tensors.get(f"mask/{name}")
         n = 1
@@ -223,7 +293,17 @@ def read_maskfile(path: str | os.PathLike) -> MaskFile:
             n *= int(d)
         if t is None:
             raise MaskfileError(f"corrupt mask file {path}: no mask for layer {name}")
-        if t.dtype != torch.uint8 or t.numel() != (n + 7) // 8:
+        if t.dtype != torch.uint8 or t.dim() != 1:
+            raise MaskfileError(f"corrupt mask file {path}: layer {name}: the mask is not a byte vector")
+        if meta["version"] >= 2:  # decoded once, here: serving switches between packed 1-bit masks
+            from . import maskcodec
+
+            try:
+                packed[name] = pack_bits(maskcodec.decode(codecs.get(name), t, shape))
+            except ValueError as e:
+                raise MaskfileError(f"corrupt mask file {path}: layer {name}: {e}") from None
+            continue
+        if t.numel() != (n + 7) // 8:
             raise MaskfileError(f"corrupt mask file {path}: layer {name}: packed mask has {t.numel()} bytes, "
                                 f"expected {(n + 7) // 8} for shape {list(shape)}")
         packed[name] = t.reshape(-1)
