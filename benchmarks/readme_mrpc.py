@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
     ap.add_argument("--runs", default="runs/readme_mrpc", help="folder of the per-seed run directories")
     ap.add_argument("--name", default="", help="suffix of the results files (for a comparison with extra flags)")
+    ap.add_argument("--note", default="", help="one line written under the table")
     a = ap.parse_args(argv)
     os.chdir(ROOT)
     threads = a.threads or max(1, (os.cpu_count() or 1) // a.jobs)
@@ -62,13 +63,14 @@ def main() -> None:
                   "best_epoch": m["best_epoch"], "epochs_run": len(m["epochs"]), "wall_time_s": m["wall_time_s"],
                   "precision": m["precision"], "lr": m["lr"],
                   "dev_per_epoch": [round(100 * e["dev_score"], 2) for e in m["epochs"]]} for s, c, m in done],
-        "failed_seeds": [s for s, _, m in rows if m is None],
+        "failed_seeds": [s for s, _, m in rows if m is None], "note": a.note,
         "mean": statistics.fmean(scores) if scores else None,
         "std": statistics.stdev(scores) if len(scores) > 1 else None,
     }
     stem = ROOT / "benchmarks" / "results" / ("readme_mrpc" + (f"_{a.name}" if a.name else ""))
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    shown = shlex.join(sys.argv[1:])
+    full = sys.argv[1:]
+    shown = shlex.join([x for i, x in enumerate(full) if x != "--note" and (i == 0 or full[i - 1] != "--note")])
     lines = [f"### The README's MRPC command{' with ' + shlex.join(extra) if extra else ''} over seeds", "",
              f"Written by `python benchmarks/readme_mrpc.py {shown}` ({os.cpu_count()} cores, {a.jobs} run(s) "
              f"at once, {threads} thread(s) each).", "",
@@ -81,6 +83,8 @@ def main() -> None:
     if scores:
         std = f" ± {result['std']:.1f}" if result["std"] is not None else ""
         lines += ["", f"Mean over {len(scores)} seed(s): **{result['mean']:.1f}{std}** dev accuracy."]
+    if a.note:
+        lines += ["", a.note]
     if result["failed_seeds"]:
         lines += ["", f"Failed seeds: {result['failed_seeds']}."]
     lines += ["", "Commands:", ""] + [f"    {r['command']}" for r in result["runs"]]
