@@ -80,6 +80,10 @@ def main() -> None:
     notes = RES / "paper_table_notes.md"
     if notes.exists():
         out.append(notes.read_text())
+    defaults = RES / "mask_defaults.md"
+    if defaults.exists():
+        out.append(section(defaults, drop_title=False).replace("# Why", "## Why", 1))
+        out += [section(p, drop_title=False) for p in sorted(RES.glob("readme_mrpc*.md"))]
     grids = sorted(RES.glob("grid_*.md"))
     if grids:
         out += ["## What was tried: dev-split grids", ""] + [section(g, drop_title=False) for g in grids]

@@ -66,8 +66,10 @@ def test_measured_rss_grows_with_registered_masks(tmp_path):
         files.append(save_masks(model, tmp_path / f"t{i}.masks"))
     rows = measure_resident("minilm", files)
     assert [r["n_tasks"] for r in rows] == [0, 1, 2, 3]
-    size = files[0].stat().st_size
-    assert 0.8e6 < size < 1.0e6
+    # the file is entropy-coded (5% zeros: ~0.3 bits per weight); a registered task holds the
+    # decoded 1-bit masks, 903 KB for MiniLM
+    packed = sum(m.weight.numel() for m in masked_layers(model).values()) / 8
+    assert 0.2e6 < files[0].stat().st_size < 0.5 * packed
     grown = rows[-1]["rss_bytes"] - rows[0]["rss_bytes"]
     assert grown > 0  # loose: holding masks costs memory, ...
-    assert grown < 3 * 10 * size  # ... but nowhere near a model copy (90 MB) per task
+    assert grown < 3 * 10 * packed  # ... but nowhere near a model copy (90 MB) per task

@@ -36,7 +36,7 @@ METHODS = ("mask", "finetune", "lora")
 DEFAULT_LR = {"mask": 1e-4, "finetune": 3e-5, "lora": 5e-4}
 """Defaults when neither ``--lr`` nor a task lr applies (paper Table 4 ranges:
 mask 1e-3 … 1e-4, finetune 1e-5 … 5e-5). Mask 1e-4, measured on dev with the README's
-MRPC command over seeds 0-2 (benchmarks/results/readme_mrpc*.md): 78.8 ± 1.6 against
+MRPC command over seeds 0-2 (benchmarks/results/readme_mrpc*.md): 80.1 ± 3.1 against
 74.3 ± 5.1 at 3e-4, where seed 2 stayed at the majority class; 1e-3 stays there for 4
 epochs (grid_mrpc-lr.md). Adam moves each score by about lr per step, so with scores
 2e-2 wide a lower lr flips fewer bits on noise (4% of bits in epoch 1 against 7.6% at
