@@ -117,7 +117,8 @@ def main() -> None:
                        f"{r['file_bytes']:,} B | {r['percent_of_fp32']:.2f}% |")
     out += ["", "One bit per masked weight (mask file v1) plus the random head (fp32) and a JSON header; v2 "
             "(below) codes the same masks under the entropy bound.", ""]
-    out.append(section(RES / "mask_codec.md", drop_title=False).replace("\n# ", "\n## ").lstrip("#"))
+    codec = section(RES / "mask_codec.md", drop_title=False)
+    out.append("##" + codec if codec.startswith("# ") else codec)
 
     for model in ("minilm", "mpnet"):
         out += [f"## Serving many tasks from one base: {model}", ""]
