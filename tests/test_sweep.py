@@ -3,6 +3,7 @@ stand-in trials, one real sweep on Ray Tune (MiniLM, real MRPC rows) and its rer
 one-line errors, and the hint when Ray is missing."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import sys
@@ -14,6 +15,7 @@ from maskfit import sweep as sw
 from maskfit.cli import main
 from maskfit.errors import ConfigError
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--task", "mrpc", "--limit-train", "48", "--limit-eval", "32", "--epochs", "1", "--max-length", "32",
         "--threads", "1", "--precision", "fp32"]
 
@@ -82,7 +84,7 @@ class FakeExecutor:
             s = fake_score(t.method, t.lr, t.seed)
             (t.run_dir / "metrics.json").write_text(json.dumps({
                 "completed": True, "best_score": s, "best_epoch": 1, "epochs": [{"dev_score": s}], "metric": "accuracy",
-                "lr": t.lr, "wall_time_s": 0.1, "n_train": 48}))
+                "lr": t.lr, "wall_time_s": 0.1, "n_train": 48, "args": {"epochs": 1}}))
         return {t.key: None for t in trials}
 
 
@@ -110,6 +112,19 @@ def test_paper_protocol_rounds_choose_on_dev_and_a_rerun_reuses_everything(tmp_p
     assert len(fake.ran) == len(set(fake.ran)) == 4 + 3 + 2 + 2
     assert (out / "mask" / "lr-3.3e-3_seed-2" / "metrics.json").is_file()
     assert "border" in stdout and "3.3e-3" in (out / "sweep.md").read_text()
+
+    # benchmarks/paper_table.py --profile fidelity turns a sweep.json into its rows
+    spec = importlib.util.spec_from_file_location("paper_table", ROOT / "benchmarks" / "paper_table.py")
+    paper_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paper_table)
+    rows = {r["method"]: r for r in paper_table.fidelity_rows(result, "minilm", "mrpc")}
+    assert rows["mask"] == {"model": "minilm", "task": "mrpc", "metric": "accuracy", "method": "mask", "lr": 3.3e-3,
+                            "lr_grid": [3e-4, 1e-3, 3.3e-3, 1.1e-2], "seeds": [0, 1, 2],
+                            "scores": [round(100 * fake_score("mask", 3.3e-3, s), 2) for s in range(3)],
+                            "mean": round(100 * fake_score("mask", 3.3e-3, 1), 2), "std": 1.0, "train_n": 48,
+                            "epochs": 1}
+    cmd = paper_table.fidelity_command("sst2", Path("runs/f"), ["--cpus", "8"], ["--device", "cuda"])
+    assert cmd[:2] == ["maskfit", "sweep"] and "--limit-train-seed" in cmd and cmd[-2:] == ["--device", "cuda"]
 
     fake.ran.clear()
     rc, stdout, err = run_cli(args, capsys)

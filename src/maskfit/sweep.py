@@ -713,7 +713,7 @@ class Sweep:
             rec.update(metric=m.get("metric"), dev_scores=[e.get("dev_score") for e in m["epochs"]],
                        best=m["best_score"], best_epoch=m.get("best_epoch"), test_score=m.get("test_score"),
                        wall_time_s=m.get("wall_time_s"), n_train=m.get("n_train"), epochs_run=len(m["epochs"]),
-                       lr=m.get("lr", t.lr))
+                       epochs=(m.get("args") or {}).get("epochs"), lr=m.get("lr", t.lr))
         if t.key not in self.records:
             self.order.append(t.key)
         self.records[t.key] = rec
@@ -828,6 +828,7 @@ class Sweep:
                                  test_mean=mean_std(tests)[0] if tests and len(tests) == len(scores) else None,
                                  metric=at[0]["metric"] if at else None,
                                  n_train=at[0].get("n_train") if at else None,
+                                 epochs=at[0].get("epochs") if at else None,
                                  failed=[r["key"] for r in rows if r["status"] == "error"])
                 out.append(entry)
             return out
