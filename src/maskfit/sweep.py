@@ -430,7 +430,8 @@ def trial_state(trial: Trial, overwrite: bool = False) -> tuple[str, str | None]
         return "resume", None
     metrics = finished_metrics(trial.run_dir)
     data, other = run_differences(old, trial.info, FINISHED_COMPARE if metrics else ())
-    if other or (metrics and data):
+    started = metrics is not None or (trial.run_dir / "checkpoint" / "progress.json").is_file()
+    if other or (data and started):  # a run stopped before its first checkpoint restarts on any data
         return ("reuse" if metrics else "resume"), "; ".join((other + data)[:3])
     return ("reuse" if metrics else "resume"), None
 
@@ -462,6 +463,8 @@ class RayExecutor:
             raise DependencyError(RAY_HINT) from None
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports leave the machine
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables off: the sweep prints its progress
+        # Ctrl-C stops the sweep (a rerun resumes it), rather than ending one Tune round as if its trials failed
+        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
         logging.getLogger("ray.tune").setLevel(logging.WARNING)
         if ray.is_initialized():
             pass  # a caller's Ray (e.g. a notebook): use it as it is
@@ -680,7 +683,11 @@ class Sweep:
             more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
             raise ConfigError(f"{refused[0]}{more}; use another --out, or pass --overwrite to train every trial again")
         todo = [t for t in fresh if states[t.key] != "reuse"]
-        self.print(f"{title}: {len(fresh)} trial(s), {len(fresh) - len(todo)} reused, {len(todo)} to run")
+        if not fresh:
+            return
+        resuming = sum(states[t.key] == "resume" for t in todo)
+        self.print(f"{title}: {len(fresh)} trial(s), {len(fresh) - len(todo)} reused, {len(todo)} to run"
+                   + (f" ({resuming} resuming)" if resuming else ""))
         for t in fresh:
             if states[t.key] == "reuse":
                 self._record(t, "reused")
@@ -752,8 +759,10 @@ class Sweep:
         groups = []
         for method in self.methods:
             for values in itertools.product(*[v for _, v in others]):
-                point = [("method", method)] + list(zip([f for f, _ in others], values))
-                label = " ".join([method] + [f"{f}={v}" for f, v in point[1:]])
+                rest = list(zip([f for f, _ in others], values))
+                # a fixed --method is already among the trial's flags
+                point = ([] if "method" in self.planner.given else [("method", method)]) + rest
+                label = " ".join([method] + [f"{f}={v}" for f, v in rest])
                 groups.append({"label": label, "method": method, "point": point, "lrs": list(self.lr_grids[method]),
                                "ratio": grid_ratio(self.lr_grids[method]), "extensions": 0, "extended": []})
         base = self.seeds[0]
@@ -812,7 +821,7 @@ class Sweep:
                 rows = [self.records[k] for k in self.order if self.records[k]["group"] == g["label"]]
                 lr_scores = self._lr_scores(g, base)
                 entry = {"group": g["label"], "method": g["method"],
-                         "flags": {f: v for f, v in g["point"][1:]},
+                         "flags": {f: v for f, v in g["point"] if f != "method"},
                          "lr_grid": sorted(g["lrs"]), "lr_ratio": g["ratio"], "extensions": g["extensions"],
                          "extended": sorted(g["extended"]),
                          "lr_scores": {fmt_number(lr): s for lr, s in sorted(lr_scores.items())}}
@@ -906,6 +915,8 @@ def report_markdown(result: dict) -> str:
         lines.append("")
     for method in dict.fromkeys(r["method"] for r in trials):
         rows = [r for r in trials if r["method"] == method]
+        if result["protocol"] == "paper":  # in the order of the grid, not of the rounds
+            rows.sort(key=lambda r: (r["group"], r["lr"], r["seed"]))
         flags = list(dict.fromkeys(f for r in rows for f in r["flags"]))
         lines += [f"## {method}", "",
                   "| " + " | ".join(flags + ["best dev", "best epoch", "dev per epoch", "test", "wall s", "status"])
@@ -936,7 +947,13 @@ def sweep_command(a) -> int:
         print(line, flush=True)
 
     sweep = Sweep(a, make_executor(a, printer), printer)
-    result = sweep.run()
+    try:
+        result = sweep.run()
+    except KeyboardInterrupt:
+        print(f"\nmaskfit: interrupted; run the same command again: finished trials are reused and interrupted ones "
+              f"resume from their last complete epoch ({Path(a.out) / SWEEP_FILE} has the trials so far)",
+              file=sys.stderr)
+        return 130
     sys.stdout.write("\n" + report_markdown(result))
     failed = [t["key"] for t in result["trials"] if t["status"] == "error"]
     if failed:
