@@ -471,6 +471,7 @@ class RayExecutor:
         elif self.address:
             if self.cpus is not None:
                 raise ConfigError("--cpus sizes the local Ray; a cluster (--address) has its own")
+            _check_reachable(self.address)
             try:
                 ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError, ValueError) as e:
@@ -554,6 +555,31 @@ class RayExecutor:
             else:
                 outcome[key] = None
         return outcome
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse, in one line, a HOST:PORT address where nothing listens (``ray.init`` would retry for minutes)."""
+    import socket
+
+    m = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address.strip())
+    if m is None:
+        return  # "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((m.group(1), int(m.group(2))), timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError(f"no Ray cluster answers at --address {address} ({e.strerror or type(e).__name__}); start "
+                          "one with 'ray start --head', or leave --address out for a local Ray") from None
+
+
+def _use_token_if_any() -> None:
+    """Send Ray's authentication token when one is available and ``RAY_AUTH_MODE`` is unset: a cluster started
+    with ``ray start`` on a machine that has a token requires it, and a driver sends it only in token mode.
+    Before ``import ray``: Ray reads the mode when it is imported."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or Path(path).is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def _worker_pythonpath() -> str:
@@ -941,6 +967,8 @@ def report_markdown(result: dict) -> str:
 
 def sweep_command(a) -> int:
     """``maskfit sweep``: see the module doc."""
+    if a.address and "ray" not in sys.modules:
+        _use_token_if_any()
     require_ray()  # before any work: the one-line hint, not a traceback halfway through
 
     def printer(line: str) -> None:
