@@ -61,6 +61,19 @@ def test_choose_lr_prefers_a_tied_lr_inside_the_grid_then_the_lowest():
         ["3e-4", "1.7e-3", "1e-5", "0.05", "2", "9.5e-4"]
 
 
+def test_trials_are_named_from_the_values_they_vary(tmp_path):
+    planner = sw.Planner(str(tmp_path), ["--task", "mrpc", "--epochs", "2"])
+    t = planner.trial([("method", "lora"), ("lr", "0.0003"), ("blocks", "0,3,5"), ("no-mask-pooler", "true")])
+    assert t.key == "lora/lr-3e-4_blocks-0-3-5_no-mask-pooler-true"  # numbers as parsed; a switch as given
+    assert t.run_dir == tmp_path / "lora" / "lr-3e-4_blocks-0-3-5_no-mask-pooler-true"
+    assert t.command.startswith("maskfit train --task mrpc --epochs 2 --method lora --lr 0.0003 --blocks 0,3,5 "
+                                "--no-mask-pooler --threads 1 --out ")
+    assert t.info["args"]["epochs"] == 2 and t.info["args"]["method"] == "lora" and t.info["lr"] == 3e-4
+    off = planner.trial([("no-mask-pooler", "false")])
+    assert off.key == "mask/no-mask-pooler-false" and "--no-mask-pooler" not in off.argv
+    assert off.info["mask_config"]["mask_pooler"] is True and planner.trial([]).key == "mask/default"
+
+
 # --------------------------------------------------------------------------- the protocol's rounds, stand-in trials
 
 

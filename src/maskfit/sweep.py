@@ -359,6 +359,14 @@ class Planner:
             if action.dest in self.given:
                 raise ConfigError(f"--{flag} is both in --grid and given as a fixed value; give it once")
 
+    def _shown(self, ns: argparse.Namespace, flag: str) -> str:
+        """A flag's value in a trial name: as parsed (``lr=0.0003`` is ``3e-4``); a switch, whether it is given."""
+        action = self.action(flag)
+        value = getattr(ns, action.dest)
+        if action.nargs == 0:
+            return _name_value(value != action.default)
+        return _name_value(value)
+
     def trial(self, point: Sequence[tuple[str, str]], group: str = "") -> Trial:
         """The trial of one grid point, ``[(flag, value), ...]`` in name order (``method`` may be among them)."""
         extra: list[str] = []
@@ -372,8 +380,8 @@ class Planner:
             else:
                 extra += [f"--{flag}", value]
         ns = self._parse([*self.fixed, *extra])
-        parts = [f"{flag}-{_name_value(getattr(ns, self.action(flag).dest))}" for flag, _ in point if flag != "method"]
-        name = "_".join(parts) or "default"
+        values = {flag: self._shown(ns, flag) for flag, _ in point if flag != "method"}
+        name = "_".join(f"{flag}-{v}" for flag, v in values.items()) or "default"
         argv = [*self.fixed, *extra]
         if ns.threads is None:  # a trial's CPUs are its threads: one unless told
             ns.threads = 1
@@ -393,7 +401,6 @@ class Planner:
         if key not in self._data:
             self._data[key] = task.data_fingerprint()
         info["data"] = self._data[key]
-        values = {flag: _name_value(getattr(ns, self.action(flag).dest)) for flag, _ in point if flag != "method"}
         return Trial(name, args.method, values, argv, run_dir, args.resolved_lr(task), args.seed, ns.threads,
                      args.device, info, group)
 
@@ -484,7 +491,8 @@ class RayExecutor:
             saved = os.environ.get("PYTHONPATH")
             os.environ["PYTHONPATH"] = _worker_pythonpath()  # workers import this maskfit, whatever their cwd
             try:
-                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                # address="local": a new instance even where 'ray start' left a cluster (ray.init() would join it)
+                ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
                          logging_level=logging.WARNING, object_store_memory=128 * 2**20)
             finally:
                 if saved is None:
