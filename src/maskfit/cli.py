@@ -1,4 +1,4 @@
-"""``maskfit train | eval | predict | serve | ensemble | memory | analyze``.
+"""``maskfit train | sweep | eval | predict | serve | ensemble | memory | analyze``.
 
 Errors a user can cause (bad file, unknown task, wrong base for a mask file) are
 printed as one line, ``maskfit: error: ...``, with exit status 2; never a traceback.
@@ -101,9 +101,6 @@ def add_device_flags(p: argparse.ArgumentParser, precision: bool = True) -> None
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .flags import add_dataclass_flags
-    from .masking import MaskConfig
-    from .train import TrainArgs
 
     parser = argparse.ArgumentParser(prog="maskfit", description="Adapt frozen pretrained encoders by learning "
                                      "1-bit masks over their weights (Zhao et al., EMNLP 2020).")
@@ -115,15 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train on a task's train split, evaluate on dev after every epoch, keep the best "
                        "epoch, stop early, and resume an interrupted run when the same command is run again. Runs on "
                        "one device, or on several processes under torchrun / accelerate launch.")
-    _add_task_args(p)
-    p.add_argument("--model", default="minilm", help="minilm, mpnet, a local model folder or a hub id (default: minilm)")
-    p.add_argument("--out", required=True, help="run directory to write (and resume from)")
-    add_dataclass_flags(p, TrainArgs, title="training")
-    add_dataclass_flags(p, MaskConfig, skip=("seed",), title="masking (method mask)")
-    _add_threads(p)
-    p.add_argument("--overwrite", action="store_true", help="discard an existing run in --out and start over")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_train_flags(p)
     p.set_defaults(func=cmd_train)
+
+    # sweep
+    from .sweep import add_sweep_flags
+
+    p = sub.add_parser("sweep", help="hyperparameter search over maskfit train flags, trials in parallel on Ray Tune",
+                       description="Run many maskfit train trials in parallel on Ray Tune (an embedded local Ray, "
+                       "or a cluster with --address): a grid (--grid FLAG=V1,V2, their product) or the paper's "
+                       "protocol (--protocol paper: a learning-rate grid per method, extended while the best lr "
+                       "is on its border, then --seeds seeds at the chosen lr). Any other maskfit train flag "
+                       "(--task, --model, --epochs, --threads, ...) is passed to every trial, before or after "
+                       "'--'. Each trial is a normal run directory, OUT/METHOD/NAME; a rerun reuses finished "
+                       "trials and resumes interrupted ones. Writes OUT/sweep.json and OUT/sweep.md. Only dev "
+                       "scores choose anything. Needs Ray: pip install 'maskfit[sweep]'.",
+                       allow_abbrev=False)  # --seed (a train flag) must not be read as --seeds
+    add_sweep_flags(p)
+    p.set_defaults(func=cmd_sweep)
 
     # eval
     p = sub.add_parser("eval", help="score a run's best model on a split")
@@ -214,17 +220,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_train(a) -> int:
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    """Every ``maskfit train`` flag (``maskfit sweep`` parses each trial's flags with these too)."""
+    from .flags import add_dataclass_flags
+    from .masking import MaskConfig
+    from .train import TrainArgs
+
+    _add_task_args(p)
+    p.add_argument("--model", default="minilm", help="minilm, mpnet, a local model folder or a hub id (default: minilm)")
+    p.add_argument("--out", required=True, help="run directory to write (and resume from)")
+    add_dataclass_flags(p, TrainArgs, title="training")
+    add_dataclass_flags(p, MaskConfig, skip=("seed",), title="masking (method mask)")
+    _add_threads(p)
+    p.add_argument("--overwrite", action="store_true", help="discard an existing run in --out and start over")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """A parser of ``maskfit train``'s flags alone whose errors are a :class:`ConfigError` (one line),
+    never an exit: for commands that build train commands (``maskfit sweep``)."""
+    p = argparse.ArgumentParser(prog="maskfit train", add_help=False, allow_abbrev=False)
+    add_train_flags(p)
+
+    def error(message: str):
+        raise ConfigError(f"maskfit train flags: {message}")
+
+    p.error = error
+    return p
+
+
+def train_inputs(a) -> tuple[dict, object, object, object]:
+    """(task info for run.json, task, TrainArgs, MaskConfig or None) of parsed ``maskfit train`` flags."""
     from .flags import dataclass_from_flags
     from .masking import MaskConfig
+    from .train import TrainArgs
+
+    args = dataclass_from_flags(TrainArgs, a)
+    try:
+        cfg = dataclass_from_flags(MaskConfig, a, seed=a.seed) if args.method == "mask" else None
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    info = _task_info(a)
+    return info, _get_task(info), args, cfg
+
+
+def cmd_train(a) -> int:
     from .runtime import set_threads
-    from .train import TrainArgs, fit
+    from .train import fit
 
     set_threads(a.threads)
-    args = dataclass_from_flags(TrainArgs, a)
-    cfg = dataclass_from_flags(MaskConfig, a, seed=a.seed) if args.method == "mask" else None
-    info = _task_info(a)
-    task = _get_task(info)
+    info, task, args, cfg = train_inputs(a)
     try:
         result = fit(task, a.model, a.out, args, mask_config=cfg, overwrite=a.overwrite, progress=not a.quiet,
                      task_info=info)
@@ -449,6 +494,12 @@ def cmd_convert(a) -> int:
     return 0
 
 
+def cmd_sweep(a) -> int:
+    from .sweep import sweep_command
+
+    return sweep_command(a)
+
+
 def cmd_memory(a) -> int:
     from .memory import memory_command
 
@@ -458,7 +509,15 @@ def cmd_memory(a) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    a = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sweep"]:
+        # maskfit train flags go to every trial: after '--', or mixed with the sweep's own flags
+        cut = argv.index("--") if "--" in argv else len(argv)
+        a, extra = parser.parse_known_args(argv[:cut])
+        a.train_argv = extra + argv[cut + 1:]
+        a.argv = argv[1:]  # recorded in sweep.json
+    else:
+        a = parser.parse_args(argv)
     # Under a multi-process launch only the main process reports progress; every one reports errors.
     logging.basicConfig(level=logging.INFO if _is_main() else logging.WARNING, format="%(message)s", stream=sys.stderr)
     try:

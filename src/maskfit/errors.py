@@ -23,3 +23,7 @@ class RunError(MaskfitError):
 
 class ConfigError(MaskfitError, ValueError):
     """An option that cannot work here: an unknown or absent device, a precision the device lacks, a bad value."""
+
+
+class DependencyError(MaskfitError):
+    """A command needs an optional package that is not installed; the message says what to install."""

@@ -208,9 +208,21 @@ _DERIVED = {"lr", "labels", "metric", "task_type", "inputs", "max_length"}
 """run.json keys that follow from the task and the arguments."""
 
 
-def _differences(old: dict, new: dict, defaults: dict) -> tuple[list[str], list[str]]:
+def run_differences(old: dict, new: dict, compare: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    """(what differs in the data, what differs otherwise) between a saved ``run.json`` and the one a run
+    would write now (:func:`maskfit.train.run_info`), as messages such as ``--lr was 0.001, now 0.002``.
+
+    Arguments a resume may change (:data:`RESUME_FREE`) are not compared, except those named in
+    ``compare``: a *finished* run trained with another ``epochs`` or ``patience`` is another result.
+    """
+    from .train import TrainArgs
+
+    return _differences(old, new, TrainArgs.defaults(), compare)
+
+
+def _differences(old: dict, new: dict, defaults: dict, compare: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
     """(what differs in the data, what differs otherwise) between a saved run and this one, for messages."""
-    a, b = _comparable(old, defaults), _comparable(new, defaults)
+    a, b = _comparable(old, defaults, compare), _comparable(new, defaults, compare)
     for key in ("data", "inputs"):  # a run written before these were recorded has neither: nothing to compare
         if key not in old:
             b.pop(key, None)
@@ -424,10 +436,10 @@ class RunDir:
             handler.close()
 
 
-def _comparable(info: dict, defaults: dict) -> dict:
+def _comparable(info: dict, defaults: dict, compare: tuple[str, ...] = ()) -> dict:
     keep = _plain(info)
     args = {**_plain(defaults), **(keep.get("args") or {})}
-    keep["args"] = {k: v for k, v in args.items() if k not in RESUME_FREE}
+    keep["args"] = {k: v for k, v in args.items() if k not in RESUME_FREE or k in compare}
     keep.pop("precision", None)  # recorded as resolved on the machine; the asked-for value is in args
     keep.pop("engine", None)
     if "data" in keep:  # the same bytes, wherever the files are now

@@ -88,6 +88,8 @@ class TrainArgs:
         "AMX / AVX512-BF16, else fp32), bf16, fp16 (GPU only) or fp32. Mask scores always stay fp32",
         choices=PRECISIONS))
     limit_train: int | None = field(default=None, metadata=_help("train on a seeded random subset of N examples"))
+    limit_train_seed: int | None = field(default=None, metadata=_help(
+        "seed of the --limit-train subset (default: --seed; fix it to train every seed on the same subset)"))
     limit_eval: int | None = field(default=None, metadata=_help("evaluate on the first N dev examples"))
     schedule: str = field(default="linear", metadata=_help(
         "learning-rate schedule: linear (decay to 0 over all epochs) or constant", choices=("linear", "constant")))
@@ -124,6 +126,8 @@ class TrainArgs:
              f"--max-grad-norm must be a positive number, got {self.max_grad_norm}"),
             (self.max_length >= 2, f"--max-length must be >= 2, got {self.max_length}"),
             (self.limit_train is None or self.limit_train >= 1, f"--limit-train must be >= 1, got {self.limit_train}"),
+            (self.limit_train_seed is None or self.limit_train_seed >= 0,
+             f"--limit-train-seed must be >= 0, got {self.limit_train_seed}"),
             (self.limit_eval is None or self.limit_eval >= 1, f"--limit-eval must be >= 1, got {self.limit_eval}"),
             (self.schedule in ("linear", "constant"), f"schedule must be linear or constant, got {self.schedule!r}"),
             (0.0 <= self.warmup_ratio < 1.0, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}"),
@@ -185,7 +189,7 @@ def split_data(task, args: TrainArgs) -> tuple[list, list, str, list | None]:
         train = [ex for i, ex in enumerate(train) if i not in held]
         dev_name = f"held-out {n_dev} of train"
     if args.limit_train is not None and args.limit_train < len(train):
-        rng = random.Random(args.seed)
+        rng = random.Random(args.seed if args.limit_train_seed is None else args.limit_train_seed)
         train = rng.sample(train, args.limit_train)
     if args.limit_eval is not None:
         dev = dev[: args.limit_eval]
@@ -290,28 +294,39 @@ def fit(task, model_name: str, out_dir: str | os.PathLike | None, args: TrainArg
         engine.end()
 
 
-def _fit(engine: Engine, task, model_name, out_dir, args, mask_config, model_config, overwrite, callbacks, progress,
-         task_info) -> FitResult:
-    t_start = time.perf_counter()
-    lr = args.resolved_lr(task)
-    kind, labels = task_type(task.type), task_labels(task)
+def run_info(task, model_name: str, args: TrainArgs, mask_config: MaskConfig | None = None,
+             task_info: dict | None = None, engine: Engine | None = None, data: bool = True) -> dict:
+    """What ``run.json`` records for this run (``fit`` writes it; ``maskfit sweep`` compares it with a
+    finished run's before reusing it). Without ``engine``, ``precision`` and ``engine`` are None: they
+    describe the machine, and a resume does not compare them."""
+    if args.method == "mask":
+        mask_config = mask_config or MaskConfig(seed=args.seed)
     info = {
         "task": task_info or {"name": task.name},
         "model": model_name,
         "method": args.method,
         "task_type": task.type,
-        "labels": labels,
+        "labels": task_labels(task),
         "metric": task.metric,
         "max_length": args.max_length,
-        "precision": engine.precision,
-        "lr": lr,
+        "precision": engine.precision if engine is not None else None,
+        "lr": args.resolved_lr(task),
         "args": asdict(args),
         "mask_config": mask_config.to_dict() if mask_config else None,
-        "engine": engine.describe(),
+        "engine": engine.describe() if engine is not None else None,
         "inputs": task.input_kind(),  # single texts or pairs: what the server will accept for this task
     }
-    if out_dir is not None:
+    if data:
         info["data"] = task.data_fingerprint()  # a resume refuses data that changed
+    return info
+
+
+def _fit(engine: Engine, task, model_name, out_dir, args, mask_config, model_config, overwrite, callbacks, progress,
+         task_info) -> FitResult:
+    t_start = time.perf_counter()
+    lr = args.resolved_lr(task)
+    kind, labels = task_type(task.type), task_labels(task)
+    info = run_info(task, model_name, args, mask_config, task_info, engine, data=out_dir is not None)
     run = RunDir(out_dir, engine.is_main, engine.broadcast) if out_dir is not None else None
     resume = run.prepare(info, overwrite, TrainArgs.defaults()) if run else None
     handler = run.attach_log() if run else None

@@ -1,0 +1,223 @@
+"""maskfit sweep: the paper protocol's lr choice (pure), the protocol's rounds and reuse with
+stand-in trials, one real sweep on Ray Tune (MiniLM, real MRPC rows) and its rerun, the
+one-line errors, and the hint when Ray is missing."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from maskfit import sweep as sw
+from maskfit.cli import main
+from maskfit.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--task", "mrpc", "--limit-train", "48", "--limit-eval", "32", "--epochs", "1", "--max-length", "32",
+        "--threads", "1", "--precision", "fp32"]
+
+
+def run_cli(args, capsys) -> tuple[int, str, str]:
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# --------------------------------------------------------------------------- the protocol's choices, pure
+
+
+def test_next_lrs_extends_the_grid_while_the_best_lr_is_on_its_border():
+    ratio = sw.grid_ratio(sw.PAPER_LR_GRID["mask"])
+    assert ratio == pytest.approx((1e-3 / 7e-5) ** (1 / 5))  # ~1.70: the grid's own geometric step
+    grid = sw.PAPER_LR_GRID["mask"]
+    inside = {lr: 0.7 for lr in grid} | {3e-4: 0.8}
+    assert sw.next_lrs(inside, ratio) == []
+    top = {lr: 0.6 + lr for lr in grid}  # best at 1e-3, the high border
+    assert sw.next_lrs(top, ratio) == [1.7e-3]
+    bottom = {lr: 0.6 - lr for lr in grid}  # best at 7e-5, the low border
+    assert sw.next_lrs(bottom, ratio) == [4.1e-5]
+    # the extension bound
+    assert sw.next_lrs(top, ratio, extensions=2, max_extensions=3) == [1.7e-3]
+    assert sw.next_lrs(top, ratio, extensions=3, max_extensions=3) == []
+    # ties: a best lr inside the grid settles it; best on both borders only extends both ways
+    assert sw.next_lrs({1e-4: 0.5, 3e-4: 0.5, 1e-3: 0.5}, ratio) == []
+    assert sw.next_lrs({1e-4: 0.5, 3e-4: 0.4, 1e-3: 0.5}, 3.0) == [3.3e-5, 3e-3]
+    assert sw.next_lrs({3e-4: 0.5}, sw.grid_ratio([3e-4])) == [9.5e-5, 9.5e-4]  # one lr: both borders, ratio √10
+    # an extended grid whose best moved inside stops
+    assert sw.next_lrs(top | {1.7e-3: 0.9, 2.9e-3: 0.85}, ratio) == []
+    with pytest.raises(ConfigError, match="empty"):
+        sw.next_lrs({}, ratio)
+
+
+def test_choose_lr_prefers_a_tied_lr_inside_the_grid_then_the_lowest():
+    assert sw.choose_lr({1e-4: 0.5, 3e-4: 0.9, 1e-3: 0.1}) == 3e-4
+    assert sw.choose_lr({1e-4: 0.5, 3e-4: 0.5, 1e-3: 0.5}) == 3e-4
+    assert sw.choose_lr({1e-4: 0.5, 3e-4: 0.4, 1e-3: 0.5}) == 1e-4
+    assert sw.grid_ratio(sw.PAPER_LR_GRID["lora"]) == pytest.approx(30 ** (1 / 3))
+    assert [sw.fmt_number(x) for x in (3e-4, 1.7e-3, 1e-5, 0.05, 2, 9.5e-4)] == \
+        ["3e-4", "1.7e-3", "1e-5", "0.05", "2", "9.5e-4"]
+
+
+def test_trials_are_named_from_the_values_they_vary(tmp_path):
+    planner = sw.Planner(str(tmp_path), ["--task", "mrpc", "--epochs", "2"])
+    t = planner.trial([("method", "lora"), ("lr", "0.0003"), ("blocks", "0,3,5"), ("no-mask-pooler", "true")])
+    assert t.key == "lora/lr-3e-4_blocks-0-3-5_no-mask-pooler-true"  # numbers as parsed; a switch as given
+    assert t.run_dir == tmp_path / "lora" / "lr-3e-4_blocks-0-3-5_no-mask-pooler-true"
+    assert t.command.startswith("maskfit train --task mrpc --epochs 2 --method lora --lr 0.0003 --blocks 0,3,5 "
+                                "--no-mask-pooler --threads 1 --out ")
+    assert t.info["args"]["epochs"] == 2 and t.info["args"]["method"] == "lora" and t.info["lr"] == 3e-4
+    off = planner.trial([("no-mask-pooler", "false")])
+    assert off.key == "mask/no-mask-pooler-false" and "--no-mask-pooler" not in off.argv
+    assert off.info["mask_config"]["mask_pooler"] is True and planner.trial([]).key == "mask/default"
+
+
+# --------------------------------------------------------------------------- the protocol's rounds, stand-in trials
+
+
+def fake_score(method: str, lr: float, seed: int) -> float:
+    """A dev score that peaks at lr 2e-3 for masks (past the grid's top) and 3e-5 for finetuning (inside)."""
+    peak = {"mask": 2e-3, "finetune": 3e-5}[method]
+    return 0.9 - 0.1 * abs(math.log10(lr / peak)) + 0.01 * seed
+
+
+class FakeExecutor:
+    """Writes what a finished trial leaves (its run.json and metrics.json) without training."""
+
+    def __init__(self):
+        self.ran: list[str] = []
+
+    def run(self, trials, overwrite):
+        for t in trials:
+            self.ran.append(t.key)
+            t.run_dir.mkdir(parents=True)
+            (t.run_dir / "run.json").write_text(json.dumps(t.info))
+            s = fake_score(t.method, t.lr, t.seed)
+            (t.run_dir / "metrics.json").write_text(json.dumps({
+                "completed": True, "best_score": s, "best_epoch": 1, "epochs": [{"dev_score": s}], "metric": "accuracy",
+                "lr": t.lr, "wall_time_s": 0.1, "n_train": 48, "args": {"epochs": 1}}))
+        return {t.key: None for t in trials}
+
+
+def test_paper_protocol_rounds_choose_on_dev_and_a_rerun_reuses_everything(tmp_path, capsys, monkeypatch):
+    fake = FakeExecutor()
+    monkeypatch.setattr(sw, "make_executor", lambda a, printer: fake)
+    out = tmp_path / "sweep"
+    args = ["sweep", "--out", out, "--protocol", "paper", "--grid", "method=mask,finetune",
+            "--lr-grid", "mask=3e-4,1e-3", "--lr-grid", "finetune=1e-5,3e-5,5e-5", "--seeds", "3", *TINY]
+    rc, stdout, err = run_cli(args, capsys)
+    assert rc == 0, err
+    result = json.loads((out / "sweep.json").read_text())
+    by = {g["method"]: g for g in result["summary"]}
+    # mask: best on the top border twice (1e-3, then 3.3e-3), inside after the second extension
+    assert by["mask"]["lr_grid"] == [3e-4, 1e-3, 3.3e-3, 1.1e-2]
+    assert by["mask"]["extensions"] == 2 and by["mask"]["chosen_lr"] == 3.3e-3
+    assert by["mask"]["seeds"] == [0, 1, 2]
+    assert by["mask"]["scores"] == pytest.approx([fake_score("mask", 3.3e-3, s) for s in range(3)])
+    assert by["mask"]["mean"] == pytest.approx(fake_score("mask", 3.3e-3, 1))
+    assert by["mask"]["std"] == pytest.approx(0.01)
+    # finetune: best inside its grid at once, no extension
+    assert by["finetune"]["lr_grid"] == [1e-5, 3e-5, 5e-5] and by["finetune"]["extensions"] == 0
+    assert by["finetune"]["chosen_lr"] == 3e-5
+    # the grid trials ran at the first seed only; the chosen lr's first seed was not run twice
+    assert len(fake.ran) == len(set(fake.ran)) == 4 + 3 + 2 + 2
+    assert (out / "mask" / "lr-3.3e-3_seed-2" / "metrics.json").is_file()
+    assert "border" in stdout and "3.3e-3" in (out / "sweep.md").read_text()
+
+    # benchmarks/paper_table.py --profile fidelity turns a sweep.json into its rows
+    spec = importlib.util.spec_from_file_location("paper_table", ROOT / "benchmarks" / "paper_table.py")
+    paper_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paper_table)
+    rows = {r["method"]: r for r in paper_table.fidelity_rows(result, "minilm", "mrpc")}
+    assert rows["mask"] == {"model": "minilm", "task": "mrpc", "metric": "accuracy", "method": "mask", "lr": 3.3e-3,
+                            "lr_grid": [3e-4, 1e-3, 3.3e-3, 1.1e-2], "seeds": [0, 1, 2],
+                            "scores": [round(100 * fake_score("mask", 3.3e-3, s), 2) for s in range(3)],
+                            "mean": round(100 * fake_score("mask", 3.3e-3, 1), 2), "std": 1.0, "train_n": 48,
+                            "epochs": 1}
+    cmd = paper_table.fidelity_command("sst2", Path("runs/f"), ["--cpus", "8"], ["--device", "cuda"])
+    assert cmd[:2] == ["maskfit", "sweep"] and "--limit-train-seed" in cmd and cmd[-2:] == ["--device", "cuda"]
+
+    fake.ran.clear()
+    rc, stdout, err = run_cli(args, capsys)
+    assert rc == 0, err
+    assert fake.ran == [] and stdout.count("\n  reused ") == 11
+    again = json.loads((out / "sweep.json").read_text())
+    assert again["summary"] == result["summary"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--grid", "lr"], "--grid takes FLAG=V1,V2"),
+    (["--grid", "lr=1e-4,,3e-4"], "empty value"),
+    (["--grid", "lr=1e-4", "--grid", "lr=3e-4"], "given twice"),
+    (["--grid", "learning-rate=1e-4"], "not a maskfit train flag"),
+    (["--grid", "lr=fast"], "invalid float value"),
+    (["--grid", "lr=1e-4", "--lr", "3e-4"], "both in --grid and given as a fixed value"),
+    (["--grid", "out=a,b"], "sets --out itself"),
+    (["--bogus", "1"], "unrecognized arguments: --bogus"),
+    (["--protocol", "paper", "--lr-grid", "mask="], "lr grid is empty"),
+    (["--protocol", "paper", "--grid", "lr=1e-4,3e-4"], "searches lr itself"),
+    (["--seeds", "3"], "go with --protocol paper"),
+])
+def test_bad_sweeps_are_refused_in_one_line(extra, message, tmp_path, capsys):
+    rc, _, err = run_cli(["sweep", "--out", tmp_path / "s", *extra, "--", "--task", "mrpc"], capsys)
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "s").exists()
+
+
+def test_without_ray_one_line_and_non_zero(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as if it were not installed
+    rc, out, err = run_cli(["sweep", "--out", tmp_path / "s", "--grid", "lr=3e-4,1e-3", "--", *TINY], capsys)
+    assert rc != 0
+    assert err.strip() == "maskfit: error: maskfit sweep needs Ray: pip install 'maskfit[sweep]'"
+    assert "Traceback" not in out + err and not (tmp_path / "s").exists()
+
+
+# --------------------------------------------------------------------------- real trials on Ray Tune
+
+
+@pytest.mark.slow
+def test_sweep_on_ray_trains_records_and_reuses(tmp_path, capsys):
+    pytest.importorskip("ray.tune")
+    from maskfit.cli import train_inputs, train_parser
+    from maskfit.train import fit
+
+    out = tmp_path / "sweep"
+    args = ["sweep", "--out", out, "--grid", "lr=3e-4,1e-3", "--cpus", "2", "--", *TINY]
+
+    # one trial was interrupted after its (only) epoch's checkpoint: the sweep resumes it, not restarts it
+    planned = sw.Planner(str(out), TINY).trial([("lr", "1e-3")])
+    a = train_parser().parse_args(planned.argv)
+    info, task, targs, cfg = train_inputs(a)
+
+    def interrupt(epoch, record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(task, a.model, a.out, targs, mask_config=cfg, callbacks=[interrupt], progress=False, task_info=info)
+    assert (planned.run_dir / "checkpoint").is_dir() and not (planned.run_dir / "metrics.json").exists()
+
+    rc, stdout, err = run_cli(args, capsys)
+    assert rc == 0, err
+    assert "mask/lr-3e-4: epoch 1 dev" in stdout  # reported to Tune by the trainable, each epoch
+    result = json.loads((out / "sweep.json").read_text())
+    trials = {t["key"]: t for t in result["trials"]}
+    assert set(trials) == {"mask/lr-3e-4", "mask/lr-1e-3"}
+    assert trials["mask/lr-3e-4"]["status"] == "trained" and trials["mask/lr-1e-3"]["status"] == "resumed"
+    for key, t in trials.items():
+        metrics = json.loads((out / key / "metrics.json").read_text())
+        assert t["best"] == metrics["best_score"] and t["best_epoch"] == metrics["best_epoch"]
+        assert t["dev_scores"] == [e["dev_score"] for e in metrics["epochs"]]
+        assert metrics["n_train"] == 48 and metrics["lr"] == t["lr"]
+        assert t["command"].startswith("maskfit train --task mrpc") and "--out" in t["command"]
+    assert "resuming" in (out / "mask" / "lr-1e-3" / "train.log").read_text()
+    md = (out / "sweep.md").read_text()
+    assert "| 3e-4 |" in md and "| 1e-3 |" in md and md in stdout
+
+    mtimes = {k: (out / k / "metrics.json").stat().st_mtime_ns for k in trials}
+    rc, stdout, err = run_cli(args, capsys)
+    assert rc == 0, err
+    assert stdout.count("\n  reused mask/") == 2 and "0 to run" in stdout and "epoch 1 dev" not in stdout
+    assert {k: (out / k / "metrics.json").stat().st_mtime_ns for k in trials} == mtimes
+    assert {t["status"] for t in json.loads((out / "sweep.json").read_text())["trials"]} == {"reused"}
