@@ -490,3 +490,28 @@ def test_serve_flags_and_task_files_are_checked(setup, tmp_path, capsys, monkeyp
         (run / "run.json").write_text(content)
         line = _serve_error(["serve", "--task", f"t={run}"], capsys)
         assert needle in line, line
+
+
+@pytest.mark.parametrize("strategy", ["masked", "merge", "cache"])
+def test_sequence_tasks_with_different_label_counts_share_a_masked_classifier(tmp_path, strategy):
+    """Two sequence tasks whose masked classifiers have 2 and 4 outputs: each served answer equals
+    its single-task answer, whatever the order of the switches."""
+    files = {"two": make_maskfile(tmp_path / "two.masks", "sequence", ["no", "yes"], MaskConfig(), 0.05, seed=1),
+             "four": make_maskfile(tmp_path / "four.masks", "sequence", ["a", "b", "c", "d"], MaskConfig(), 0.2,
+                                   seed=2)}
+    inputs = [ex.text for ex in read_sst2(DATA / "sst2" / "dev.tsv")[:4]]
+    tok, kind = load_tokenizer("minilm"), task_type("sequence")
+    reference = {}
+    for name, path in files.items():
+        model = load_task_model(path)
+        feats = kind.encode(kind.parse(inputs), tok, model.labels, 512)
+        reference[name] = [o for _, o in predict_outputs(model, kind, feats, tok.pad_token_id, model.labels,
+                                                         batch_size=64, order="input")]
+    served = MultiTaskModel("minilm", strategy=strategy)
+    for name, path in files.items():
+        served.register(name, path)
+    for name in ["two", "four", "two", "four"]:
+        got = served.outputs(name, inputs)
+        assert len(got) == len(reference[name])
+        for a, b in zip(got, reference[name]):
+            assert np.array_equal(np.asarray(a), np.asarray(b))

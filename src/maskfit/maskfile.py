@@ -368,12 +368,10 @@ def load_task_model(path: str | os.PathLike, base_model: str | None = None, devi
                     name: str = DEFAULT) -> nn.Module:
     """Build the right head on the base the file names (or ``base_model``) and load the masks.
 
-    Returns a :class:`~maskfit.model.MaskfitModel` in eval mode on ``device`` (default: CPU).
+    Returns a :class:`~maskfit.model.MaskfitModel` in eval mode on ``device`` (default: CPU),
+    holding the file's task as ``name`` (:meth:`MaskfitModel.from_pretrained <maskfit.model.MaskfitModel.from_pretrained>`
+    also takes folders and hub repos).
     """
-    from .heads import build_model
+    from .model import MaskfitModel
 
-    mf = read_maskfile(path)
-    model = build_model(base_model or mf.meta["base_model"], mf.task_type, mf.labels, pooling=mf.pooling,
-                        device=device)
-    check_base(model, mf.meta, mf.path)
-    return apply_maskfile(model, mf, name)
+    return MaskfitModel.from_pretrained(base_model, path, name, device=device)

@@ -23,12 +23,10 @@ import contextlib
 import hashlib
 import math
 import os
-import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from urllib.parse import urlparse
 
 from maskfit.data import readers
 from maskfit.data.examples import ChoiceExample, SequenceExample, TaggingExample
@@ -268,16 +266,9 @@ _TEXT_COLUMNS = ("sentence", "text", "content", "review", "document")
 
 def _hub_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` is set or the hub cannot be reached within 3 s."""
-    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
-        return True
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return False  # a direct connection test says nothing behind a proxy
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=3).close()
-    except OSError:
-        return True
-    return False
+    from .hub import hub_offline
+
+    return hub_offline(timeout=3)
 
 
 @contextlib.contextmanager

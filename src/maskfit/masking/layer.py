@@ -88,7 +88,6 @@ class MaskedLinear(nn.Module):
         return layer
 
     def _share(self, linear: nn.Linear, threshold: float) -> None:
-        self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight
         self.bias = linear.bias
         self.weight.requires_grad_(False)
@@ -98,10 +97,21 @@ class MaskedLinear(nn.Module):
         self.scores: nn.Parameter | None = None
         self.scores_name: str | None = None
         self._packed: dict[str, str] = {}  # mask name -> buffer attribute holding its packed bits
+        self._shapes: dict[str, torch.Size] = {}  # mask name -> the weight shape it masks (a head's follows its task)
         self.register_buffer("fixed_mask", None, persistent=False)
         self.active: str | None = None
         self.merged: torch.Tensor | None = None
         self.scratch: torch.Tensor | None = None
+
+    # A classifier's weight is swapped with its task's head (its first dimension is the task's label
+    # count), so the features are read from the weight the layer holds now.
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
 
     # ------------------------------------------------------------------ masks
 
@@ -128,22 +138,37 @@ class MaskedLinear(nn.Module):
             self.threshold = float(threshold)
         self.set_active(name)
 
-    def add_mask(self, name: str, mask: torch.Tensor | None = None, packed: torch.Tensor | None = None) -> None:
-        """Add the fixed mask ``name``, given as bools or already packed (:func:`pack_bits`)."""
+    def add_mask(self, name: str, mask: torch.Tensor | None = None, packed: torch.Tensor | None = None,
+                 shape=None) -> None:
+        """Add the fixed mask ``name``, given as bools or already packed (:func:`pack_bits`).
+
+        ``shape`` is the weight shape the mask belongs to (default: the layer's weight now). It
+        differs for a classifier whose tasks have different label counts: the task's head
+        weight must be in place before its mask is activated.
+        """
         if (mask is None) == (packed is None):
             raise ValueError("give exactly one of mask or packed")
         if name == self.scores_name or name in self._packed:
             raise ValueError(f"mask '{name}' already exists")
+        shape = torch.Size(shape if shape is not None else self.weight.shape)
+        if len(shape) != 2 or shape[1] != self.weight.shape[1]:
+            raise ValueError(f"mask shape {tuple(shape)} does not fit a layer of {self.weight.shape[1]} inputs")
         if mask is not None:
-            self._check_shape(mask, "mask")
+            if mask.shape != shape:
+                raise ValueError(f"mask shape {tuple(mask.shape)} != {tuple(shape)}")
             packed = pack_bits(mask.to(torch.bool))
-        elif packed.dtype != torch.uint8 or packed.numel() != (self.weight.numel() + 7) // 8:
-            raise ValueError(f"packed mask of {packed.numel()} bytes does not fit weight shape {tuple(self.weight.shape)}")
+        elif packed.dtype != torch.uint8 or packed.numel() != (shape.numel() + 7) // 8:
+            raise ValueError(f"packed mask of {packed.numel()} bytes does not fit weight shape {tuple(shape)}")
         attr = f"_packed_{len(self._packed)}"
         while hasattr(self, attr):
             attr += "_"
         self.register_buffer(attr, packed.reshape(-1).to(self.weight.device), persistent=False)
         self._packed[name] = attr
+        self._shapes[name] = shape
+
+    def mask_shape(self, name: str) -> torch.Size:
+        """The weight shape mask ``name`` belongs to."""
+        return self.scores.shape if name == self.scores_name else self._shapes[name]
 
     def packed(self, name: str) -> torch.Tensor:
         """The packed bits of fixed mask ``name``."""
@@ -157,6 +182,7 @@ class MaskedLinear(nn.Module):
             self.scores, self.scores_name = None, None
         else:
             delattr(self, self._packed.pop(name))
+            self._shapes.pop(name, None)
 
     def set_active(self, name: str | None, unpack: bool = True) -> None:
         """Make ``name`` the mask the forward uses (``None``: the plain weight).
@@ -167,6 +193,9 @@ class MaskedLinear(nn.Module):
         if name is not None and name != self.scores_name and name not in self._packed:
             raise KeyError(f"no mask '{name}' in this layer (has: {', '.join(self.mask_names) or 'none'})")
         mask = None
+        if name is not None and self.mask_shape(name) != self.weight.shape:
+            raise ValueError(f"mask '{name}' belongs to a {tuple(self.mask_shape(name))} weight, the layer holds "
+                             f"{tuple(self.weight.shape)}: put that task's head in first")
         if name is not None and name != self.scores_name and unpack:
             mask = unpack_bits(self.packed(name), self.weight.shape)
         self._point(name, None, mask)
@@ -194,7 +223,7 @@ class MaskedLinear(nn.Module):
             return self.scores.detach() >= self.threshold
         if name == self.active and self.fixed_mask is not None:
             return self.fixed_mask
-        return unpack_bits(self.packed(name), self.weight.shape)
+        return unpack_bits(self.packed(name), self.mask_shape(name))
 
     def freeze(self) -> None:
         """Turn the trainable mask into a fixed one of the same name (1 bit per weight, not 4 bytes)."""

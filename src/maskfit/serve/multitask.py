@@ -340,17 +340,18 @@ class MultiTaskModel:
                 if tuple(weight.shape) != shape:
                     raise MaskfileError(f"{path}: mask of {name} has shape {list(shape)}, "
                                         f"the weight {list(weight.shape)}")
-                plan.append((name, module))
+                plan.append((name, module, shape))
             if task_name in self._tasks:
                 self._drop(task_name)
             task = _Task(name=task_name, source=str(path), meta=mf.meta, kind=kind, labels=labels,
                          max_length=run_info.get("max_length"), head=head, file_bytes=path.stat().st_size,
                          inputs=text_kind)
-            for name, module in plan:
+            for name, module, shape in plan:
                 if not isinstance(module, MaskedLinear):
                     module = MaskedLinear.wrap(module)
                     _set_module(model.model, name, module)
-                module.add_mask(task_name, packed=mf.packed[name].to(self.device).clone())  # own storage
+                # own storage; a masked classifier's shape is its task's (label count)
+                module.add_mask(task_name, packed=mf.packed[name].to(self.device).clone(), shape=shape)
                 task.layers[name] = module
             del mf
             self._tasks[task_name] = task
