@@ -34,7 +34,8 @@ def _at_least(low: int):
     return parse
 
 
-def _megabytes(text: str) -> float:
+def nonnegative_number(text: str) -> float:
+    """argparse type: a finite number >= 0 (MiB budgets, GPU fractions)."""
     try:
         value = float(text)
     except ValueError:
@@ -167,12 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--strategy", choices=("cache", "merge", "masked"), default="cache",
                    help="how a request's task gets its weights (see docs/serving.md; default cache)")
-    p.add_argument("--cache-budget-mb", type=_megabytes, help="memory for cached merged weights (default 1024)")
+    p.add_argument("--cache-budget-mb", type=nonnegative_number, help="memory for cached merged weights (default 1024)")
     p.add_argument("--max-inputs", type=POSITIVE, default=64, help="most inputs in one request (more: 413)")
     p.add_argument("--max-length", type=POSITIVE, default=512, help="longest input in tokens (longer: 413)")
     p.add_argument("--max-tokens", type=POSITIVE, default=16384,
                    help="most tokens in one request, as the model runs them: padded batches (more: 413)")
-    p.add_argument("--max-body-mb", type=_megabytes, default=8.0, help="largest request body in MiB (more: 413)")
+    p.add_argument("--max-body-mb", type=nonnegative_number, default=8.0, help="largest request body in MiB (more: 413)")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /predict and /tasks (default: "
                    "$MASKFIT_API_KEY if set; prefer the variable: a flag shows in the process list)")
     add_device_flags(p, precision=False)

@@ -18,12 +18,10 @@ by :class:`maskfit.serve.multitask.MultiTaskModel`.
 from __future__ import annotations
 
 import json
-import os
 import re
 import tempfile
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from .errors import MaskfileError

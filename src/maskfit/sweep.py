@@ -88,7 +88,7 @@ def require_ray():
 
 
 def add_sweep_flags(p: argparse.ArgumentParser) -> None:
-    from .cli import POSITIVE, _at_least
+    from .cli import POSITIVE, _at_least, nonnegative_number
 
     p.add_argument("--out", required=True, help="sweep folder: trials go to OUT/METHOD/NAME; OUT/sweep.json and "
                    "OUT/sweep.md hold the results")
@@ -111,23 +111,13 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
                         f"(default {DEFAULT_EXTENSIONS})")
     p.add_argument("--cpus", type=POSITIVE, help="CPUs of the embedded local Ray (default: this machine's); each "
                    "trial reserves --threads of them (default --threads 1)")
-    p.add_argument("--gpus-per-trial", type=_fraction, help="GPUs a trial that trains on a GPU reserves (default 1; "
+    p.add_argument("--gpus-per-trial", type=nonnegative_number, help="GPUs a trial that trains on a GPU reserves (default 1; "
                    "0.5 packs two trials on one GPU). A trial trains on a GPU with --device cuda, or with --device "
                    "auto on a Ray cluster that has GPUs")
     p.add_argument("--address", help="connect to a running Ray cluster (auto, or HOST:PORT) instead of starting a "
                    "local one. Every node needs maskfit, the data and OUT at the same paths (a shared file system)")
     p.add_argument("--overwrite", action="store_true", help="train every trial again, discarding the runs in their "
                    "folders (default: reuse finished trials, resume interrupted ones)")
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
 
 
 def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
