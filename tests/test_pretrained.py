@@ -247,3 +247,17 @@ def test_accelerate_example_runs(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "dev accuracy" in r.stdout and (out / "default.masks").is_file()
     assert AutoMaskfitModel.from_pretrained(out).tasks == ["default"]
+
+
+def test_server_registers_a_saved_folder(files, tmp_path):
+    from maskfit.serve import MultiTaskModel
+
+    model = AutoMaskfitModel.from_pretrained(files["two"], task="two")
+    one = model.save_pretrained(tmp_path / "one")
+    model.add_task("four", files["four"])
+    both = model.save_pretrained(tmp_path / "both")
+    served = MultiTaskModel("minilm")
+    assert served.register("two", one)["labels"] == ["no", "yes"]
+    with pytest.raises(MaskfileError, match="holds 2 tasks: register each file"):
+        served.register("both", both)
+    assert served.register("four", both / "four.masks")["labels"] == ["a", "b", "c", "d"]

@@ -148,7 +148,7 @@ class MaskfitModel(nn.Module):
         """
         from .hub import resolve_source
 
-        files = _task_files(resolve_source(source, revision, token))
+        files = task_files(resolve_source(source, revision, token))
         if len(files) != 1:
             raise MaskfileError(f"{source} holds {len(files)} tasks ({', '.join(files)}): add them with "
                                 "from_pretrained(model, folder), or name one file")
@@ -268,7 +268,7 @@ class MaskfitModel(nn.Module):
         from .maskfile import apply_maskfile, check_base, read_maskfile
 
         path = resolve_source(source, revision, token)
-        files = _task_files(path)
+        files = task_files(path)
         active = _index(path).get("active_task") if path.is_dir() else None
         if task is not None and path.is_dir() and len(files) > 1:
             if task not in files:
@@ -405,7 +405,7 @@ def _index(folder: Path) -> dict:
     return index
 
 
-def _task_files(path: Path) -> dict[str, Path]:
+def task_files(path: Path) -> dict[str, Path]:
     """Task name → mask file of a source: a file (named ``default``), a run folder, or a ``save_pretrained`` folder."""
     if path.is_file():
         return {DEFAULT: path}

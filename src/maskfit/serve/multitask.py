@@ -294,7 +294,10 @@ class MultiTaskModel:
 
         if not isinstance(task_name, str) or not task_name.strip():
             raise MaskfitError("a task name must be a non-empty string")
-        path = Path(mask_file_or_run_dir)
+        from ..hub import resolve_source
+        from ..model import task_files
+
+        path = resolve_source(mask_file_or_run_dir)  # a local path, or a hub repo holding one task
         run_info = {}
         if path.is_dir():
             from ..run import RUN_FILE, read_run_info
@@ -304,7 +307,11 @@ class MultiTaskModel:
             if run_info.get("method", "mask") != "mask":
                 raise MaskfileError(f"{path} is a '{run_info.get('method')}' run: only mask runs "
                                     "(task.masks) can share a base in a MultiTaskModel")
-            path = path / "task.masks"
+            files = task_files(path)
+            if len(files) != 1:
+                raise MaskfileError(f"{path} holds {len(files)} tasks: register each file "
+                                    f"({', '.join(f'{n}={f}' for n, f in files.items())})")
+            path = next(iter(files.values()))
         mf = read_maskfile(path)
         check_base(self.fingerprint, mf.meta, path, have=self.base_model_name)
         kind, labels = task_type(mf.task_type), mf.labels
