@@ -261,3 +261,17 @@ def test_server_registers_a_saved_folder(files, tmp_path):
     with pytest.raises(MaskfileError, match="holds 2 tasks: register each file"):
         served.register("both", both)
     assert served.register("four", both / "four.masks")["labels"] == ["a", "b", "c", "d"]
+
+
+def test_inspect_a_saved_folder(files, tmp_path, capsys):
+    import json
+
+    from maskfit.cli import main
+
+    model = AutoMaskfitModel.from_pretrained(files["two"], task="two")
+    model.add_task("four", files["four"])
+    folder = model.save_pretrained(tmp_path / "both")
+    assert main(["inspect", str(folder), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert sorted(found) == ["four", "two"] and found["four"]["labels"] == ["a", "b", "c", "d"]
+    assert found["two"]["task"] == "two" and found["two"]["format_version"] == 2

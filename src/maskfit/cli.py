@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     # mask files
     p = sub.add_parser("inspect", help="what a mask file holds: task, labels, base, format, per-layer sparsity "
                        "and bytes, bits per weight")
-    p.add_argument("file", help="a mask file (task.masks)")
+    p.add_argument("file", help="a mask file (task.masks), a run folder or a save_pretrained folder (every task)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser("convert", help="rewrite a mask file in the current format (v2: entropy-coded, checksummed)")
@@ -461,12 +461,23 @@ def cmd_ensemble(a) -> int:
 
 
 def cmd_inspect(a) -> int:
-    from .maskfile import describe
+    from pathlib import Path
 
-    d = describe(a.file)
+    from .maskfile import describe
+    from .model import task_files
+
+    path = Path(a.file)
+    files = task_files(path) if path.is_dir() else {None: path}
+    found = {name: describe(f) for name, f in files.items()}
     if a.json:
-        print(json.dumps(d, indent=2))
+        print(json.dumps(found[None] if None in found else found, indent=2))
         return 0
+    for d in found.values():
+        _print_description(d)
+    return 0
+
+
+def _print_description(d: dict) -> None:
     labels = ", ".join(map(str, d["labels"])) if d["labels"] else "(multiple choice: none)"
     over = f", {d['bytes_over_bound']:.3f}x the entropy bound" if d["bytes_over_bound"] else ""
     print(f"{d['file']}: maskfit mask file v{d['format_version']}, {d['bytes']:,} bytes, checksum {d['checksum']}")
@@ -481,7 +492,6 @@ def cmd_inspect(a) -> int:
         shape = "x".join(map(str, r["shape"]))
         print(f"  {r['layer']:<{width}}  {shape:>11}  {r['sparsity']:8.4f}  {r['codec']:<8} {r['bytes']:>6}  "
               f"{r['bits_per_weight']:.3f}")
-    return 0
 
 
 def cmd_convert(a) -> int:
