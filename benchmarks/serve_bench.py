@@ -37,7 +37,6 @@ sys.path.insert(0, str(ROOT / "src"))
 from maskfit import MaskConfig, build_model, mask_model, save_masks  # noqa: E402
 from maskfit.data import collate, encode, read_sst2  # noqa: E402
 from maskfit.data.examples import SequenceExample  # noqa: E402
-from maskfit.maskfile import pack_bits, read_header  # noqa: E402
 from maskfit.masking import target_names  # noqa: E402
 from maskfit.memory import count_params, measure_resident  # noqa: E402
 from maskfit.serve import MultiTaskModel  # noqa: E402
@@ -53,7 +52,7 @@ def make_mask_files(model_name: str, n: int, out: Path, p: float = 0.05) -> list
     The first is written by ``save_masks``; the others reuse its metadata (same base
     fingerprint) with new packed masks and heads, which skips re-hashing the base.
     """
-    from safetensors.torch import load_file, save_file
+    from maskfit.maskfile import read_maskfile, write_maskfile
 
     model = build_model(model_name, "sequence", ["0", "1"], seed=0)
     cfg = MaskConfig()
@@ -62,20 +61,14 @@ def make_mask_files(model_name: str, n: int, out: Path, p: float = 0.05) -> list
     mask_model(model, cfg, masks={nm: torch.rand(model.get_submodule(nm).weight.shape, generator=g) >= p
                                   for nm in names})
     first = save_masks(model, out / "task00.masks")
-    meta = read_header(first)
-    tensors = load_file(str(first))
+    mf = read_maskfile(first)
+    meta = {k: v for k, v in mf.meta.items() if k not in ("codecs", "checksum")}
     files = [first]
     for i in range(1, n):
         g = torch.Generator().manual_seed(i)
-        new = {}
-        for key, t in tensors.items():
-            if key.startswith("mask/"):
-                shape = meta["layers"][key[5:]]
-                new[key] = pack_bits(torch.rand(shape, generator=g) >= p)
-            else:
-                new[key] = torch.randn(t.shape, generator=g) * 0.02
-        path = out / f"task{i:02d}.masks"
-        save_file(new, str(path), metadata={"maskfit": json.dumps(meta)})
+        masks = {name: torch.rand(shape, generator=g) >= p for name, shape in mf.shapes.items()}
+        head = {name: torch.randn(t.shape, generator=g) * 0.02 for name, t in mf.head.items()}
+        path = write_maskfile(out / f"task{i:02d}.masks", meta, masks, head)  # coded and checksummed like any mask file
         files.append(path)
     return files
 

@@ -122,10 +122,10 @@ def save_masks(model: nn.Module, path: str | os.PathLike, labels=None, extra: di
         "extra": extra or {},
     }
     head = {n: p.detach().contiguous().cpu() for n, p in random_head_parameters(model).items()}
-    return _write(path, meta, {n: m.mask() for n, m in layers.items()}, head)
+    return write_maskfile(path, meta, {n: m.mask() for n, m in layers.items()}, head)
 
 
-def _write(path: Path, meta: dict, masks: dict[str, torch.Tensor], head: dict[str, torch.Tensor]) -> Path:
+def write_maskfile(path: Path, meta: dict, masks: dict[str, torch.Tensor], head: dict[str, torch.Tensor]) -> Path:
     """Code ``masks`` (layer → bool) and write them with ``head`` and ``meta`` as a current-version file, atomically."""
     from . import maskcodec
     from .run import atomic_write
@@ -144,7 +144,7 @@ def convert(path: str | os.PathLike, out: str | os.PathLike | None = None) -> Pa
     """Rewrite a mask file (any readable version) in the current format; ``out`` defaults to ``path``."""
     mf = read_maskfile(path)
     meta = {k: v for k, v in mf.meta.items() if k not in ("codecs", "checksum")}
-    return _write(Path(out or path), meta, mf.masks, mf.head)
+    return write_maskfile(Path(out or path), meta, mf.masks, mf.head)
 
 
 def describe(path: str | os.PathLike) -> dict:

@@ -193,8 +193,9 @@ class MaskedLinear(nn.Module):
         if name is not None and name != self.scores_name and name not in self._packed:
             raise KeyError(f"no mask '{name}' in this layer (has: {', '.join(self.mask_names) or 'none'})")
         mask = None
-        if name is not None and self.mask_shape(name) != self.weight.shape:
-            raise ValueError(f"mask '{name}' belongs to a {tuple(self.mask_shape(name))} weight, the layer holds "
+        shape = self._shapes.get(name)  # on the serving switch path: plain dict lookups
+        if shape is not None and shape != self._parameters["weight"].shape:
+            raise ValueError(f"mask '{name}' belongs to a {tuple(shape)} weight, the layer holds "
                              f"{tuple(self.weight.shape)}: put that task's head in first")
         if name is not None and name != self.scores_name and unpack:
             mask = unpack_bits(self.packed(name), self.weight.shape)
