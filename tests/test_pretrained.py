@@ -275,3 +275,27 @@ def test_inspect_a_saved_folder(files, tmp_path, capsys):
     found = json.loads(capsys.readouterr().out)
     assert sorted(found) == ["four", "two"] and found["four"]["labels"] == ["a", "b", "c", "d"]
     assert found["two"]["task"] == "two" and found["two"]["format_version"] == 2
+
+
+def test_stored_heads_follow_the_model_to_another_dtype(files, batch, single):
+    model = AutoMaskfitModel.from_pretrained(files["two"], task="two")
+    model.add_task("four", files["four"])
+    model.to(torch.float64)
+    model.set_task("four")
+    out = logits(model, batch)
+    assert out.dtype == torch.float64 and torch.allclose(out.float(), single["four"], atol=1e-4)
+    model.set_task("two")
+    assert torch.allclose(logits(model, batch).float(), single["two"], atol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_tasks_on_a_gpu_answer_as_on_the_cpu(files, batch, single):
+    model = AutoMaskfitModel.from_pretrained(files["two"], task="two", device="cuda")
+    model.add_task("four", files["four"])
+    on_gpu = {k: v.to("cuda") for k, v in batch.items()}
+    for name in ("four", "two", "four"):
+        model.set_task(name)
+        assert torch.allclose(logits(model, on_gpu).cpu(), single[name], atol=1e-3)
+    plain = model.merge_and_unload()
+    assert torch.allclose(logits(plain, on_gpu).cpu(), single["four"], atol=1e-3)

@@ -127,11 +127,17 @@ class MaskfitModel(nn.Module):
     def _put_head(self, name: str) -> None:
         """Put task ``name``'s head parameters into the model (a masked classifier's weight included)."""
         self._snapshot_heads()
-        for pname, p in self.heads[name].items():
+        head = self.heads[name]
+        for pname, p in head.items():
             owner, _, leaf = pname.rpartition(".")
             module = self.model.get_submodule(owner) if owner else self.model
-            if module._parameters.get(leaf) is not p:
-                setattr(module, leaf, p)
+            live = module._parameters.get(leaf)
+            if live is p:
+                continue
+            if live is not None and (p.device, p.dtype) != (live.device, live.dtype):
+                # stored heads are not submodules: follow the model's .to(device / dtype) here
+                p = head[pname] = nn.Parameter(p.detach().to(live.device, live.dtype), requires_grad=p.requires_grad)
+            setattr(module, leaf, p)
         labels = self.task_labels.get(name)
         self.labels = labels
         if labels is not None:  # so pipelines and model.config name this task's labels
