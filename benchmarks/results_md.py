@@ -66,6 +66,39 @@ def engine_section() -> list[str]:
     return out
 
 
+def fidelity_section() -> list[str]:
+    """The table of benchmarks/results/fidelity.json: per task, each method at its chosen lr over seeds."""
+    path = RES / "fidelity.json"
+    if not path.exists():
+        return []
+    rows = json.loads(path.read_text())
+    out = ["## Fidelity: mask vs finetune vs LoRA, full train sets, over seeds", "",
+           "Dev scores ×100, mean ± std over seeds at each method's chosen lr (chosen by the first seed's dev "
+           "score among `lr grid`; a grid of one value means that lr was not tuned). Built from "
+           "`benchmarks/results/fidelity.json`; the commands are under the table.", "",
+           "| model | task | method | lr (grid) | dev mean ± std | per seed | train n | epochs | wall s per run |",
+           "|---|---|---|---|---:|---|---:|---:|---:|"]
+    for r in rows:
+        grid = ", ".join(f"{x:g}" for x in r["lr_grid"])
+        out.append(f"| {r['model']} | {r['task']} | {r['method']} | {r['lr']:g} ({grid}) | "
+                   f"**{r['mean']:.1f} ± {r['std']:.1f}** | {', '.join(f'{x:.1f}' for x in r['scores'])} | "
+                   f"{r.get('train_n') or ''} | {r.get('epochs') or ''} | {r.get('wall_s_per_run') or ''} |")
+    out.append("")
+    by_task = {}
+    for r in rows:
+        by_task.setdefault((r["model"], r["task"]), {})[r["method"]] = r
+    for (model, task), m in by_task.items():
+        if "mask" in m and "finetune" in m:
+            gap = m["mask"]["mean"] - m["finetune"]["mean"]
+            out.append(f"- {model} {task}: mask − finetune = {gap:+.1f} points (the goal is |gap| ≤ 1.0).")
+    sources = sorted({s for r in rows for s in r.get("sources", [])})
+    if sources:
+        out += ["", "Rows from `python benchmarks/fidelity_seeds.py --runs " + " ".join(sources) + "`; the sources "
+                "name the training commands (`benchmarks/readme_mrpc.py` for the mask seeds, `maskfit sweep` "
+                "for the others)."]
+    return out + [""]
+
+
 def main() -> None:
     out = ["# Results", "",
            "Every number below was measured on this project's 2-core CPU machine (no GPU, no native bf16: "
@@ -75,6 +108,7 @@ def main() -> None:
            "pessimistic and only comparable within one table. `python benchmarks/results_md.py` rebuilds this file "
            "from `benchmarks/results/`.", ""]
 
+    out += fidelity_section()
     out += ["## Masking vs finetuning on the paper's tasks", ""]
     out.append(section(RES / "paper_table_cpu.md"))
     notes = RES / "paper_table_notes.md"

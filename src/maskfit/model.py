@@ -26,8 +26,8 @@ from torch import nn
 
 from .errors import MaskfileError
 from .masking import MaskConfig, mask_names, set_active_mask
-from .masking.apply import masked_layers
-from .masking.layer import DEFAULT
+from .masking.apply import _set, masked_layers
+from .masking.layer import DEFAULT, MaskedLinear
 from .tasktypes import TaskType, task_type
 
 CONFIG_NAME = "maskfit_config.json"
@@ -179,10 +179,10 @@ class MaskfitModel(nn.Module):
         head = {}
         for pname, t in mf.head.items():
             have = live.get(pname) if live else dict(self.model.named_parameters()).get(pname)
-            if have is None or have.dim() != t.dim() or have.shape[1:] != t.shape[1:] or have.dtype != t.dtype:
+            if have is None or have.dim() != t.dim() or have.shape[1:] != t.shape[1:]:
                 got = tuple(have.shape) if have is not None else "missing"
                 raise MaskfileError(f"{mf.path}: head tensor {pname} {tuple(t.shape)} does not fit the model ({got})")
-            head[pname] = nn.Parameter(t.to(have.device).clone(), requires_grad=False)
+            head[pname] = nn.Parameter(t.to(have.device, have.dtype).clone(), requires_grad=False)  # as the model is
         layers = masked_layers(self.model)
         device = next(self.model.parameters()).device
         for lname, shape in mf.shapes.items():
@@ -192,9 +192,6 @@ class MaskfitModel(nn.Module):
             weight = head.get(f"{lname}.weight", module.weight)
             if tuple(weight.shape) != shape:
                 raise MaskfileError(f"{mf.path}: mask of {lname} has shape {list(shape)}, the weight {list(weight.shape)}")
-        from .masking.layer import MaskedLinear
-        from .masking.apply import _set
-
         for lname, shape in mf.shapes.items():
             module = layers.get(lname) or self.model.get_submodule(lname)
             if not isinstance(module, MaskedLinear):
@@ -330,8 +327,6 @@ class MaskfitModel(nn.Module):
         ``pipeline`` work on it). Mean pooling stays as hooks on this object only: transformers'
         ``save_pretrained`` does not keep it.
         """
-        from .masking.apply import _set
-
         if self.active_task is None:
             raise MaskfileError("no active task to merge: set_task one first")
         self.set_task(self.active_task)

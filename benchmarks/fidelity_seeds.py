@@ -1,0 +1,90 @@
+"""Fidelity rows (benchmarks/results/fidelity.json) from finished seed runs, when the full
+paper protocol (``paper_table.py --profile fidelity``) is out of reach.
+
+    python benchmarks/fidelity_seeds.py --task mrpc --model minilm \
+        --runs benchmarks/results/readme_mrpc_lr1e-4.json benchmarks/results/readme_mrpc_lr3e-4-before.json \
+        --runs runs/mrpc-ft-seeds/sweep.json
+
+Each source is a ``readme_mrpc.py`` result (mask seeds of the README command at one lr) or a
+``maskfit sweep`` folder's ``sweep.json`` (any trials). Trials are grouped by method and lr;
+per method the lr is chosen as the paper protocol does, by the dev score at the first seed,
+and the row holds every seed at that lr. ``lr_grid`` is what was searched, so a row whose
+grid has one value says that its lr was not tuned. Rows of the same (model, task, method)
+in fidelity.json are replaced; others are kept.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def trials_of(path: Path) -> list[dict]:
+    """(method, lr, seed, dev score ×100, epochs budget, train size, wall s) of every finished run in a source."""
+    data = json.loads(path.read_text())
+    out = []
+    if "trials" in data:  # a maskfit sweep
+        for t in data["trials"]:
+            if t.get("status") == "error" or t.get("best") is None:
+                continue
+            out.append({"method": t["method"], "lr": float(t["lr"]), "seed": int(t["seed"]),
+                        "score": 100 * t["best"], "epochs": t.get("epochs"), "train_n": t.get("n_train"),
+                        "wall_s": t.get("wall_time_s"), "metric": t.get("metric"), "finished": t.get("status")})
+    else:  # benchmarks/readme_mrpc.py
+        flags = data.get("extra_flags") or []
+        method = flags[flags.index("--method") + 1] if "--method" in flags else "mask"
+        for r in data["runs"]:
+            out.append({"method": method, "lr": float(r["lr"]), "seed": int(r["seed"]),
+                        "score": r["best_dev_accuracy"], "epochs": 10, "train_n": 3668,
+                        "wall_s": r.get("wall_time_s"), "metric": "accuracy"})
+    return out
+
+
+def rows(model: str, task: str, trials: list[dict], sources: list[str]) -> list[dict]:
+    out = []
+    for method in dict.fromkeys(t["method"] for t in trials):
+        mine = [t for t in trials if t["method"] == method]
+        grid = sorted({t["lr"] for t in mine})
+        first = min(t["seed"] for t in mine)
+        at_first = {t["lr"]: t["score"] for t in mine if t["seed"] == first}
+        lr = max(at_first, key=lambda x: at_first[x])
+        chosen = sorted((t for t in mine if t["lr"] == lr), key=lambda t: t["seed"])
+        scores = [round(t["score"], 2) for t in chosen]
+        out.append({"model": model, "task": task, "metric": chosen[0]["metric"], "method": method, "lr": lr,
+                    "lr_grid": grid, "seeds": [t["seed"] for t in chosen], "scores": scores,
+                    "mean": round(statistics.mean(scores), 2),
+                    "std": round(statistics.stdev(scores), 2) if len(scores) > 1 else 0.0,
+                    "train_n": chosen[0]["train_n"], "epochs": chosen[0]["epochs"],
+                    "lr_scores_first_seed": {f"{k:g}": round(v, 2) for k, v in sorted(at_first.items())},
+                    "wall_s_per_run": round(statistics.mean(t["wall_s"] for t in chosen if t["wall_s"]), 0),
+                    "sources": sources})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--task", required=True)
+    ap.add_argument("--runs", nargs="+", action="extend", required=True, type=Path)
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "fidelity.json")
+    a = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "src"))
+    from maskfit.run import atomic_write_json
+
+    trials = [t for p in a.runs for t in trials_of(p)]
+    new = rows(a.model, a.task, trials, [str(p) for p in a.runs])
+    old = json.loads(a.results.read_text()) if a.results.is_file() else []
+    keys = {(r["model"], r["task"], r["method"]) for r in new}
+    merged = [r for r in old if (r["model"], r["task"], r["method"]) not in keys] + new
+    atomic_write_json(a.results, merged)
+    for r in new:
+        print(f"{r['model']} {r['task']} {r['method']:9s} lr {r['lr']:g} (grid {', '.join(f'{x:g}' for x in r['lr_grid'])}): "
+              f"{r['mean']:.2f} ± {r['std']:.2f} over seeds {r['seeds']} {r['scores']}")
+
+
+if __name__ == "__main__":
+    main()
