@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve many tasks from one base model over HTTP")
     p.add_argument("--model", default="minilm")
     p.add_argument("--task", action="append", required=True, metavar="NAME=RUN",
-                   help="a task to serve: name=run directory or mask file (repeatable)")
+                   help="a task to serve: name=run folder, mask file, one-task save_pretrained folder or hub repo "
+                        "id (owner/name) (repeatable)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--strategy", choices=("cache", "merge", "masked"), default="cache",
