@@ -53,14 +53,14 @@ def rows(model: str, task: str, trials: list[dict], sources: list[str]) -> list[
         at_first = {t["lr"]: t["score"] for t in mine if t["seed"] == first}
         lr = max(at_first, key=lambda x: at_first[x])
         chosen = sorted((t for t in mine if t["lr"] == lr), key=lambda t: t["seed"])
-        scores = [round(t["score"], 2) for t in chosen]
+        exact = [t["score"] for t in chosen]
         out.append({"model": model, "task": task, "metric": chosen[0]["metric"], "method": method, "lr": lr,
-                    "lr_grid": grid, "seeds": [t["seed"] for t in chosen], "scores": scores,
-                    "mean": round(statistics.mean(scores), 2),
-                    "std": round(statistics.stdev(scores), 2) if len(scores) > 1 else 0.0,
+                    "lr_grid": grid, "seeds": [t["seed"] for t in chosen], "scores": [round(x, 2) for x in exact],
+                    "mean": round(statistics.mean(exact), 2),
+                    "std": round(statistics.stdev(exact), 2) if len(exact) > 1 else 0.0,
                     "train_n": chosen[0]["train_n"], "epochs": chosen[0]["epochs"],
                     "lr_scores_first_seed": {f"{k:g}": round(v, 2) for k, v in sorted(at_first.items())},
-                    "wall_s_per_run": round(statistics.mean(t["wall_s"] for t in chosen if t["wall_s"]), 0),
+                    "wall_s_per_run": round(statistics.mean(t["wall_s"] for t in chosen if t["wall_s"])),
                     "sources": sources})
     return out
 

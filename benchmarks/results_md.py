@@ -81,7 +81,7 @@ def fidelity_section() -> list[str]:
     for r in rows:
         grid = ", ".join(f"{x:g}" for x in r["lr_grid"])
         out.append(f"| {r['model']} | {r['task']} | {r['method']} | {r['lr']:g} ({grid}) | "
-                   f"**{r['mean']:.1f} ± {r['std']:.1f}** | {', '.join(f'{x:.1f}' for x in r['scores'])} | "
+                   f"**{r['mean']:.2f} ± {r['std']:.2f}** | {', '.join(f'{x:.2f}' for x in r['scores'])} | "
                    f"{r.get('train_n') or ''} | {r.get('epochs') or ''} | {r.get('wall_s_per_run') or ''} |")
     out.append("")
     by_task = {}
