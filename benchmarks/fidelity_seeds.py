@@ -33,7 +33,8 @@ def trials_of(path: Path) -> list[dict]:
                 continue
             out.append({"method": t["method"], "lr": float(t["lr"]), "seed": int(t["seed"]),
                         "score": 100 * t["best"], "epochs": t.get("epochs"), "train_n": t.get("n_train"),
-                        "wall_s": t.get("wall_time_s"), "metric": t.get("metric"), "finished": t.get("status")})
+                        "wall_s": t.get("wall_time_s"), "metric": t.get("metric"), "finished": t.get("status"),
+                        "test": None if t.get("test_score") is None else 100 * t["test_score"]})
     else:  # benchmarks/readme_mrpc.py
         flags = data.get("extra_flags") or []
         method = flags[flags.index("--method") + 1] if "--method" in flags else "mask"
@@ -62,6 +63,9 @@ def rows(model: str, task: str, trials: list[dict], sources: list[str]) -> list[
                     "lr_scores_first_seed": {f"{k:g}": round(v, 2) for k, v in sorted(at_first.items())},
                     "wall_s_per_run": round(statistics.mean(t["wall_s"] for t in chosen if t["wall_s"])),
                     "sources": sources})
+        tests = [t["test"] for t in chosen if t.get("test") is not None]
+        if len(tests) == len(chosen):  # only where the task has a labelled test split
+            out[-1]["test_mean"] = round(statistics.mean(tests), 2)
     return out
 
 

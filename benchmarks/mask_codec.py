@@ -5,8 +5,8 @@
 For each given mask file (any version, e.g. a run's ``task.masks``): the v1 and v2 sizes,
 the per-layer empirical entropy bound (sum of n·H(p) over layers), bits per masked weight
 and the v2 encode / decode time (median of 5). ``--synthetic-mpnet`` adds an MPNet row whose
-mask is *random* with the first file's overall sparsity (no trained MPNet mask is
-at hand on a CPU-only machine; said so in the output): i.i.d. bits are what the coder's
+mask is *random* with the first file's overall sparsity (for when no trained MPNet mask
+is at hand; said so in the output): i.i.d. bits are what the coder's
 model assumes, so these rows show its size, not a trained mask's. The LoRA rows are the
 bytes of ``maskfit train --method lora``'s file (r=8 on query and value, the head trained,
 fp32 as maskfit saves it, and the same tensors in bf16), built on the base untrained
@@ -74,6 +74,23 @@ def lora_sizes(model_name: str) -> dict:
     return {"fp32": fp32, "bf16": bf16}
 
 
+def trained_by(mask_file: Path) -> str:
+    """`, from maskfit train ...`: the training command rebuilt from the run.json beside a run's task.masks."""
+    run = mask_file.parent / "run.json"
+    if not run.is_file():
+        return ""
+    r = json.loads(run.read_text())
+    a = r.get("args", {})
+    cmd = ["maskfit", "train", "--task", r["task"]["name"] if isinstance(r["task"], dict) else str(r["task"]),
+           "--model", str(r["model"]), "--method", str(r["method"]), "--seed", str(a.get("seed", 0)),
+           "--epochs", str(a.get("epochs"))]
+    if r.get("lr") is not None:  # the lr it trained with (the default has changed over time)
+        cmd += ["--lr", f"{r['lr']:g}"]
+    if a.get("limit_train"):
+        cmd += ["--limit-train", str(a["limit_train"])]
+    return f", from `{shlex.join(cmd)}`"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="+", help="mask files (task.masks of finished runs)")
@@ -87,7 +104,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             v2 = convert(f, Path(d) / "v2.masks").stat().st_size
         v1 = Path(f).stat().st_size if mf.meta["version"] == 1 else None
-        rows.append(row(mf.meta["base_model"], task, mf.masks, head, v1, v2, f"trained: {f}"))
+        rows.append(row(mf.meta["base_model"], task, mf.masks, head, v1, v2, f"trained: {f}{trained_by(Path(f))}"))
         if a.synthetic_mpnet and f == a.files[0]:
             from maskfit import MaskConfig, build_model, mask_model
             from maskfit.masking import active_layers
@@ -117,9 +134,12 @@ def main() -> None:
                      f"{1000 * r['decode_s']:.0f} |")
     lines += ["", "v1 spends 1 bit per masked weight; v2 codes each layer as i.i.d. bits with its own probability "
               "(ANS, `maskfit/maskcodec.py`); the bound is Σ n·H(p) over layers. File bytes add the random head "
-              "(fp32) and the JSON header. Random (MPNet) rows: i.i.d. bits at a trained MiniLM mask's overall "
-              "sparsity, not trained masks. Decoding happens once, when a file is read or a task registered; "
+              "(fp32) and the JSON header. Decoding happens once, when a file is read or a task registered; "
               "serving switches between the decoded 1-bit masks as before."]
+    if any(not r["source"].startswith("trained") for r in rows):
+        lines[-1] += (" Random (MPNet) rows: i.i.d. bits at a trained MiniLM mask's overall sparsity, "
+                      "not trained masks.")
+    lines += ["", "Sources:", ""] + [f"- {r['model']} {r['task']}: {r['source']}" for r in rows]
     (res / "mask_codec.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

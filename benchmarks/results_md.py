@@ -76,12 +76,13 @@ def fidelity_section() -> list[str]:
            "Dev scores ×100, mean ± std over seeds at each method's chosen lr (chosen by the first seed's dev "
            "score among `lr grid`; a grid of one value means that lr was not tuned). Built from "
            "`benchmarks/results/fidelity.json`; the commands are under the table.", "",
-           "| model | task | method | lr (grid) | dev mean ± std | per seed | train n | epochs | wall s per run |",
-           "|---|---|---|---|---:|---|---:|---:|---:|"]
+           "| model | task | method | lr (grid) | dev mean ± std | per seed | test mean | train n | epochs | wall s per run |",
+           "|---|---|---|---|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         grid = ", ".join(f"{x:g}" for x in r["lr_grid"])
         out.append(f"| {r['model']} | {r['task']} | {r['method']} | {r['lr']:g} ({grid}) | "
                    f"**{r['mean']:.2f} ± {r['std']:.2f}** | {', '.join(f'{x:.2f}' for x in r['scores'])} | "
+                   f"{format(r['test_mean'], '.2f') if 'test_mean' in r else '–'} | "
                    f"{r.get('train_n') or ''} | {r.get('epochs') or ''} | {r.get('wall_s_per_run') or ''} |")
     out.append("")
     by_task = {}
@@ -91,11 +92,16 @@ def fidelity_section() -> list[str]:
         if "mask" in m and "finetune" in m:
             gap = m["mask"]["mean"] - m["finetune"]["mean"]
             out.append(f"- {model} {task}: mask − finetune = {gap:+.1f} points (the goal is |gap| ≤ 1.0).")
-    sources = sorted({s for r in rows for s in r.get("sources", [])})
-    if sources:
-        out += ["", "Rows from `python benchmarks/fidelity_seeds.py --runs " + " ".join(sources) + "`; the sources "
-                "name the training commands (`benchmarks/readme_mrpc.py` for the mask seeds, `maskfit sweep` "
-                "for the others)."]
+    out += ["", "Rows written by `benchmarks/fidelity_seeds.py` from the runs' results, whose files name the "
+            "training commands (`benchmarks/readme_mrpc.py` for the README command's mask seeds, `maskfit sweep` "
+            "for the others):", ""]
+    for (model, task), m in by_task.items():
+        sources = sorted({s for r in m.values() for s in r.get("sources", [])})
+        if sources:
+            out.append(f"    python benchmarks/fidelity_seeds.py --model {model} --task {task} --runs " + " ".join(sources))
+    notes = RES / "fidelity_notes.md"
+    if notes.exists():
+        out += ["", notes.read_text().strip()]
     return out + [""]
 
 
