@@ -152,6 +152,7 @@ def test_hub_calls_fail_fast_offline(files, monkeypatch):
 
     def hang(*args, **kwargs):
         time.sleep(30)
+        raise TimeoutError("timed out")  # as a real connect would: the abandoned probe thread ends quietly
 
     for patch in (False, True):
         if patch:
