@@ -85,7 +85,8 @@ class TrainArgs:
         "process takes its local GPU"))
     precision: str = field(default="auto", metadata=_help(
         "autocast precision: auto (bf16 on GPUs that have it, else fp16; on the CPU bf16 only with native "
-        "AMX / AVX512-BF16, else fp32), bf16, fp16 (GPU only) or fp32. Mask scores always stay fp32",
+        "AMX / AVX512-BF16, else fp32; fp32 for --method mask on every device), bf16, fp16 (GPU only) or fp32. "
+        "Mask scores always stay fp32",
         choices=PRECISIONS))
     limit_train: int | None = field(default=None, metadata=_help("train on a seeded random subset of N examples"))
     limit_train_seed: int | None = field(default=None, metadata=_help(
