@@ -9,6 +9,11 @@ that ``--jobs`` runs can share the machine, ``--threads`` (default: cores / jobs
 before making it the default). Finished runs under ``--runs`` are reused. Writes
 ``benchmarks/results/readme_mrpc[_<name>].json`` and ``.md``: per seed the best dev accuracy,
 its epoch, the epochs run, wall time and the precision ``auto`` picked; mean ± std.
+
+``--replay-patience 2,3,4`` over runs made with ``-- --patience 0`` adds what each early-stopping
+patience would have kept of the same runs (``maskfit.train.EarlyStopping.replay``: the lr
+schedule spans all epochs whatever the patience, so a run with patience P is the first epochs
+of the run without early stopping), so one set of runs compares every patience.
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_table import ROOT, run_row  # noqa: E402
+
+from maskfit.train import EarlyStopping  # noqa: E402
 
 README_CMD = ["maskfit", "train", "--task", "mrpc", "--model", "minilm", "--method", "mask"]
 
@@ -41,6 +48,7 @@ def main() -> None:
     ap.add_argument("--runs", default="runs/readme_mrpc", help="folder of the per-seed run directories")
     ap.add_argument("--name", default="", help="suffix of the results files (for a comparison with extra flags)")
     ap.add_argument("--note", default="", help="one line written under the table")
+    ap.add_argument("--replay-patience", default="", help="patiences to replay over runs made with --patience 0")
     a = ap.parse_args(argv)
     os.chdir(ROOT)
     threads = a.threads or max(1, (os.cpu_count() or 1) // a.jobs)
@@ -67,6 +75,17 @@ def main() -> None:
         "mean": statistics.fmean(scores) if scores else None,
         "std": statistics.stdev(scores) if len(scores) > 1 else None,
     }
+    replays = [int(x) for x in a.replay_patience.split(",") if x.strip()]
+    if replays and any(m["args"].get("patience") != 0 for _, _, m in done):
+        sys.exit("readme_mrpc.py: --replay-patience needs runs made without early stopping (`-- --patience 0`)")
+    result["replayed_patience"] = {}
+    for p in replays:
+        kept = [EarlyStopping.replay(m["epochs"], p) for _, _, m in done]
+        best = [100 * k.best for k, _ in kept]
+        result["replayed_patience"][str(p)] = {
+            "runs": [{"seed": s, "best_dev_accuracy": b, "best_epoch": k.best_epoch + 1, "epochs_run": n}
+                     for (s, _, _), b, (k, n) in zip(done, best, kept)],
+            "mean": statistics.fmean(best), "std": statistics.stdev(best) if len(best) > 1 else None}
     stem = ROOT / "benchmarks" / "results" / ("readme_mrpc" + (f"_{a.name}" if a.name else ""))
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     full = sys.argv[1:]
@@ -83,6 +102,15 @@ def main() -> None:
     if scores:
         std = f" ± {result['std']:.1f}" if result["std"] is not None else ""
         lines += ["", f"Mean over {len(scores)} seed(s): **{result['mean']:.1f}{std}** dev accuracy."]
+    if replays:
+        lines += ["", "The same runs with early stopping replayed at each patience (best dev acc, its epoch / "
+                  "epochs trained):", "",
+                  "| patience | " + " | ".join(f"seed {s}" for s, _, _ in done) + " | mean ± std |",
+                  "|---:|" + "---|" * len(done) + "---|"]
+        for p, r in result["replayed_patience"].items():
+            std = f" ± {r['std']:.1f}" if r["std"] is not None else ""
+            lines.append(f"| {p} | " + " | ".join(f"{x['best_dev_accuracy']:.1f} ({x['best_epoch']}/{x['epochs_run']})"
+                                                  for x in r["runs"]) + f" | {r['mean']:.1f}{std} |")
     if a.note:
         lines += ["", a.note]
     if result["failed_seeds"]:

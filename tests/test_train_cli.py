@@ -252,3 +252,46 @@ def test_dev_gain(score, loss, gain):
 
     assert dev_gain(score, loss, 0.684, 0.62) is gain
     assert dev_gain(score, loss, float("-inf"), float("inf"))  # the first epoch always is
+
+
+def _history(*epochs):
+    return [{"dev_score": s, "dev_loss": l} for s, l in epochs]
+
+
+@pytest.mark.parametrize("patience, best_epoch, trained", [
+    (0, 6, 7),  # never stops: the best of all seven epochs
+    (1, 1, 3),  # epoch 3 is no gain (same score, higher loss): stop there
+    (2, 3, 6),  # epoch 4 ties 2's score with a lower loss: a gain; 5 and 6 are not
+    (3, 6, 7),  # epoch 7 comes in time
+])
+def test_early_stopping_replay(patience, best_epoch, trained):
+    from maskfit.train import EarlyStopping
+
+    history = _history((0.60, 0.70), (0.70, 0.60), (0.70, 0.65), (0.70, 0.55), (0.65, 0.50), (0.68, 0.40),
+                       (0.75, 0.30))
+    stopping, n = EarlyStopping.replay(history, patience)
+    assert (stopping.best_epoch, n) == (best_epoch, trained)
+    assert stopping.best == history[best_epoch]["dev_score"]
+    assert stopping.stop is (n < len(history))
+    # A resumed run continues exactly where the replayed one was.
+    resumed = EarlyStopping.resumed(patience, history[:3], history[1]["dev_score"], 1)
+    for record in history[3:n]:
+        resumed.update(record["dev_score"], record["dev_loss"])
+    assert resumed == stopping
+
+
+def test_patience_only_truncates_the_run(tmp_path):
+    """A run with patience P trains the first epochs of the run without early stopping (same
+    history), and keeps the epoch that replaying that run's history with P keeps."""
+    from maskfit.tasks import get_task
+    from maskfit.train import EarlyStopping, TrainArgs, fit
+
+    common = dict(method="mask", lr=2e-3, epochs=4, limit_train=24, limit_eval=12, batch_size=8, max_length=48,
+                  precision="fp32")
+    full = fit(get_task("mrpc"), "minilm", tmp_path / "p0", TrainArgs(patience=0, **common), progress=False).metrics
+    short = fit(get_task("mrpc"), "minilm", tmp_path / "p1", TrainArgs(patience=1, **common), progress=False).metrics
+    assert len(full["epochs"]) == 4
+    stopping, n = EarlyStopping.replay(full["epochs"], 1)
+    assert len(short["epochs"]) == n
+    assert [r["dev_score"] for r in short["epochs"]] == [r["dev_score"] for r in full["epochs"][:n]]
+    assert short["best_epoch"] == stopping.best_epoch + 1 and short["best_score"] == stopping.best

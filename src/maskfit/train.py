@@ -55,6 +55,52 @@ def dev_gain(score: float, loss: float, best: float, best_loss: float) -> bool:
     return score > best or (score == best and loss < best_loss)
 
 
+@dataclass
+class EarlyStopping:
+    """The kept (best) epoch of a run and its epochs without dev gain (:func:`dev_gain`);
+    ``stop`` once there are ``patience`` of them (0: never).
+
+    The lr schedule spans all ``--epochs`` whatever the patience, so a run with patience P
+    trains exactly the first epochs of the same run without early stopping: :meth:`replay`
+    over a patience-0 run's history says what any patience would have kept.
+    """
+
+    patience: int
+    best: float = -math.inf
+    best_loss: float = math.inf
+    best_epoch: int = -1  # index into the history
+    stale: int = 0
+
+    @classmethod
+    def resumed(cls, patience: int, history: list[dict], best: float, best_epoch: int) -> EarlyStopping:
+        """The state after a checkpoint's ``history`` whose kept epoch is ``best_epoch`` (scoring ``best``)."""
+        best_loss = history[best_epoch].get("dev_loss", math.inf) if best_epoch >= 0 else math.inf
+        return cls(patience, best, best_loss, best_epoch, len(history) - 1 - best_epoch)
+
+    @classmethod
+    def replay(cls, history: list[dict], patience: int) -> tuple[EarlyStopping, int]:
+        """What a run with ``patience`` makes of ``history``: its final state and the epochs it trains."""
+        stopping = cls(patience)
+        for n, record in enumerate(history, 1):
+            stopping.update(record["dev_score"], record.get("dev_loss", math.inf))
+            if stopping.stop:
+                return stopping, n
+        return stopping, len(history)
+
+    def update(self, score: float, loss: float) -> bool:
+        """Record the next epoch's dev score and loss; whether it is the new kept epoch."""
+        epoch = self.best_epoch + self.stale + 1
+        if dev_gain(score, loss, self.best, self.best_loss):
+            self.best, self.best_loss, self.best_epoch, self.stale = score, loss, epoch, 0
+            return True
+        self.stale += 1
+        return False
+
+    @property
+    def stop(self) -> bool:
+        return bool(self.patience) and self.stale >= self.patience
+
+
 def _help(text: str, **more) -> dict:
     return {"help": text, **more}
 
@@ -344,15 +390,14 @@ def _fit(engine: Engine, task, model_name, out_dir, args, mask_config, model_con
         scheduler = _scheduler(optimizer, args, math.ceil(len(train_feats) / global_batch) * args.epochs)
         model, optimizer, scheduler = engine.prepare(model, optimizer, scheduler)
 
-        history, best, best_epoch, start_epoch = [], -math.inf, -1, 0
-        best_loss = math.inf
+        history, stopping, start_epoch = [], EarlyStopping(args.patience), 0
         if resume is not None:
             engine.load_state(resume["state_dir"])
-            history, best, best_epoch = resume["history"], resume["best"], resume["best_epoch"]
-            best_loss = history[best_epoch].get("dev_loss", math.inf) if history and best_epoch >= 0 else math.inf
+            history = resume["history"]
+            stopping = EarlyStopping.resumed(args.patience, history, resume["best"], resume["best_epoch"])
             start_epoch = resume["epoch"] + 1
             log.info("resuming %s: epochs 1-%d done (best %.4f at epoch %d), epoch %d runs next", out_dir,
-                     start_epoch, best, best_epoch + 1, start_epoch + 1)
+                     start_epoch, stopping.best, stopping.best_epoch + 1, start_epoch + 1)
         log.info("task %s (%s, %d train, dev: %s, %d) model %s method %s lr %g on %s, %s, %d process(es)",
                  task.name, task.type, len(train), dev_name, len(dev), model_name, args.method, lr, engine.device,
                  engine.precision, engine.num_processes)
@@ -360,10 +405,9 @@ def _fit(engine: Engine, task, model_name, out_dir, args, mask_config, model_con
                                          "model": model_name})
 
         best_state = None
-        stale = len(history) - 1 - best_epoch if history else 0
         previous = binary_masks(engine.unwrap(model)) if args.method == "mask" else None
         for epoch in range(start_epoch, args.epochs):
-            if args.patience and stale >= args.patience:
+            if stopping.stop:
                 break  # a resumed run that had already stopped early
             stats = engine.train_epoch(model, optimizer, scheduler, kind, train_feats, pad, batch_size=args.batch_size,
                                        seed=args.seed * 1000 + epoch, progress=progress,
@@ -380,15 +424,12 @@ def _fit(engine: Engine, task, model_name, out_dir, args, mask_config, model_con
                 record.update(mask_diagnostics(engine.unwrap(model), previous))
                 previous = binary_masks(engine.unwrap(model))
             history.append(record)
-            improved = dev_gain(score, dev_loss, best, best_loss)
+            improved = stopping.update(score, dev_loss)
             if improved:
-                best, best_loss, best_epoch, stale = score, dev_loss, len(history) - 1, 0
                 if run:
                     run.save_best(engine.unwrap(model), args.method, {"task": info["task"], "inputs": info["inputs"]})
                 else:
                     best_state = trainable_state(engine.unwrap(model))
-            else:
-                stale += 1
             log.info("epoch %d: loss %.4f dev %s %.4f (loss %.4f)%s (%.0f ex/s, grad norm %s%s)", epoch + 1, record["train_loss"],
                      task.metric, score, dev_loss, " *best*" if improved else "", record["train_examples_per_s"],
                      f"{record['grad_norm']:.3g}" if record["grad_norm"] is not None else "-",
@@ -397,11 +438,12 @@ def _fit(engine: Engine, task, model_name, out_dir, args, mask_config, model_con
             engine.log({f"train/{k}" if k != "dev_score" else "dev/score": v for k, v in record.items()
                         if k != "epoch"}, step=epoch + 1)
             if run:
-                run.save_checkpoint(engine, {"epoch": epoch, "history": history, "best": best, "best_epoch": best_epoch})
+                run.save_checkpoint(engine, {"epoch": epoch, "history": history, "best": stopping.best,
+                                              "best_epoch": stopping.best_epoch})
             for cb in callbacks:
                 cb(epoch + 1, record)
-            if engine.broadcast(bool(args.patience and stale >= args.patience)):
-                log.info("early stop: %d epochs without gain", stale)
+            if engine.broadcast(stopping.stop):
+                log.info("early stop: %d epochs without gain", stopping.stale)
                 break
 
         # Reload the best epoch so the returned model (and the test score) are the kept ones.
@@ -418,7 +460,7 @@ def _fit(engine: Engine, task, model_name, out_dir, args, mask_config, model_con
         metrics = {
             "task": task.name, "model": model_name, "method": args.method, "metric": task.metric,
             "dev_split": dev_name, "n_train": len(train), "n_dev": len(dev),
-            "epochs": history, "best_score": best, "best_epoch": best_epoch + 1,
+            "epochs": history, "best_score": stopping.best, "best_epoch": stopping.best_epoch + 1,
             "wall_time_s": None, "train_examples_per_s": _mean_rate(history),
             "lr": lr, "precision": engine.precision, "engine": engine.describe(), "args": info["args"],
             "mask_config": info["mask_config"], "versions": versions(), "completed": True,
@@ -428,7 +470,7 @@ def _fit(engine: Engine, task, model_name, out_dir, args, mask_config, model_con
             outputs = engine.predict(model, kind, test_feats, pad, labels, batch_size=args.eval_batch_size)
             metrics["test_score"], _ = kind.score(task.metric, outputs, test, labels)
             metrics["n_test"] = len(test)
-            log.info("test %s %.4f (best epoch %d)", task.metric, metrics["test_score"], best_epoch + 1)
+            log.info("test %s %.4f (best epoch %d)", task.metric, metrics["test_score"], stopping.best_epoch + 1)
         if args.method == "mask":
             metrics["sparsity"] = mask_stats(model)["sparsity"]
         prior = sum(r.get("train_time_s", 0) + r.get("eval_time_s", 0) for r in history[:start_epoch])
