@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_table import ROOT, run_row  # noqa: E402
 
+from maskfit.runtime import cpu_model  # noqa: E402
 from maskfit.train import EarlyStopping  # noqa: E402
 
 README_CMD = ["maskfit", "train", "--task", "mrpc", "--model", "minilm", "--method", "mask"]
@@ -66,7 +66,7 @@ def main() -> None:
     scores = [100 * m["best_score"] for _, _, m in done]
     result = {
         "command": shlex.join(README_CMD + ["--out", "runs/mrpc"]), "extra_flags": extra,
-        "machine": {"cores": os.cpu_count(), "cpu": platform.processor() or platform.machine()},
+        "machine": {"cores": os.cpu_count(), "cpu": cpu_model()},
         "runs": [{"seed": s, "command": shlex.join(c), "best_dev_accuracy": 100 * m["best_score"],
                   "best_epoch": m["best_epoch"], "epochs_run": len(m["epochs"]), "wall_time_s": m["wall_time_s"],
                   "precision": m["precision"], "lr": m["lr"],
@@ -91,7 +91,7 @@ def main() -> None:
     full = sys.argv[1:]
     shown = shlex.join([x for i, x in enumerate(full) if x != "--note" and (i == 0 or full[i - 1] != "--note")])
     lines = [f"### The README's MRPC command{' with ' + shlex.join(extra) if extra else ''} over seeds", "",
-             f"Written by `python benchmarks/readme_mrpc.py {shown}` ({os.cpu_count()} cores, {a.jobs} run(s) "
+             f"Written by `python benchmarks/readme_mrpc.py {shown}` ({cpu_model()}; {a.jobs} run(s) "
              f"at once, {threads} thread(s) each).", "",
              "| seed | best dev acc | best epoch | epochs run | dev acc per epoch | precision | wall s |",
              "|---:|---:|---:|---:|---|---|---:|"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -75,7 +74,7 @@ def main() -> None:
     a = ap.parse_args()
     os.chdir(ROOT)
 
-    from maskfit.runtime import cpu_has_native_bf16, resolve_device, resolve_precision
+    from maskfit.runtime import cpu_has_native_bf16, cpu_model, resolve_device, resolve_precision
     from maskfit.tasks import get_task
     from maskfit.train import TrainArgs, split_data
 
@@ -91,7 +90,7 @@ def main() -> None:
             f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k != "out"),
         "task": a.task, "model": a.model, "n_train": len(train), "epochs": a.epochs, "batch_size": a.batch_size,
         "maskfit_mask": mf, "trainer_finetune": hf, "speedup": mf["examples_per_s"] / hf["examples_per_s"],
-        "threads": torch.get_num_threads(), "cpu_native_bf16": cpu_has_native_bf16(), "cpu": platform.processor(),
+        "threads": torch.get_num_threads(), "cpu_native_bf16": cpu_has_native_bf16(), "cpu": cpu_model(),
         "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "load_avg_at_end": os.getloadavg(),
     }

@@ -21,7 +21,7 @@ import torch
 from maskfit import ConfigError, build_model, load_task_model
 from maskfit.cli import main
 from maskfit.maskfile import read_maskfile
-from maskfit.runtime import cpu_has_native_bf16, resolve_device, resolve_precision
+from maskfit.runtime import cpu_has_native_bf16, cpu_model, resolve_device, resolve_precision
 
 COMMON = ["--task", "mrpc", "--max-length", "64", "--lr", "2e-3", "--dropout", "0", "--precision", "fp32",
           "--device", "cpu", "--quiet", "--limit-eval", "45"]  # 45 dev examples: uneven shards over 2 processes
@@ -176,6 +176,8 @@ def test_clipping_and_diagnostics_are_recorded(tmp_path):
     rec = free.metrics["epochs"][0]
     assert rec["grad_norm"] > 1e-6 and 0 < rec["sparsity"] < 1 and 0 < rec["flipped"] < 1
     assert clipped.metrics["engine"]["max_grad_norm"] == 1e-6
+    # The CPU's model is recorded (fp32 trajectories and timings depend on it), not just "x86_64".
+    assert free.metrics["engine"]["hardware"] == cpu_model() and "native bf16: " in cpu_model()
     # Adam's step does not depend on the gradient's scale, but clipping to 1e-6 makes the
     # tiny-gradient scores dominated by eps: fewer masks flip than without clipping.
     assert clipped.metrics["epochs"][0]["flipped"] < rec["flipped"]
@@ -293,6 +295,7 @@ def test_cuda_mask_training_keeps_weights_and_fp32_scores(precision, tmp_path):
     model = res.model
     assert next(model.parameters()).device.type == "cuda"
     assert res.metrics["precision"] == precision and res.metrics["engine"]["device"].startswith("cuda")
+    assert res.metrics["engine"]["hardware"] == torch.cuda.get_device_name(0)
     base = build_model("minilm", "sequence", ["0", "1"], device="cuda")
     from maskfit import fingerprint
 

@@ -38,7 +38,7 @@ from torch import nn
 from .data.loader import batches
 from .errors import ConfigError, RunError
 from .masking.apply import unwrap
-from .runtime import autocast, distributed_env, resolve_device, resolve_precision
+from .runtime import autocast, distributed_env, hardware, resolve_device, resolve_precision
 from .tasktypes import TaskType
 
 TRACKERS = ("tensorboard", "wandb")
@@ -243,8 +243,8 @@ class Engine:
 
     def describe(self) -> dict:
         device = self.device if self.device.type != "cpu" else torch.device("cpu")
-        return {"device": str(device), "precision": self.precision, "processes": self.num_processes,
-                "grad_accum": self.grad_accum, "max_grad_norm": self.max_grad_norm}
+        return {"device": str(device), "hardware": hardware(device), "precision": self.precision,
+                "processes": self.num_processes, "grad_accum": self.grad_accum, "max_grad_norm": self.max_grad_norm}
 
     # ------------------------------------------------------------------ training
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 from pathlib import Path
 
 import torch
@@ -79,6 +80,27 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def cpu_model() -> str:
+    """The CPU's model name and whether it has native bf16 (what a benchmark's timings and
+    fp32 numerics depend on); ``platform.processor()`` only says ``x86_64``."""
+    name = platform.processor() or platform.machine()
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {os.cpu_count()} cores, native bf16: {'yes' if cpu_has_native_bf16() else 'no'}"
+
+
+def hardware(device: torch.device) -> str:
+    """What ``device`` is, in words: the GPU's name, or :func:`cpu_model`."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    return cpu_model()
 
 
 def resolve_precision(precision: str, device: torch.device, mask_training: bool = False) -> str:
