@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -221,3 +222,17 @@ def test_sweep_on_ray_trains_records_and_reuses(tmp_path, capsys):
     assert stdout.count("\n  reused mask/") == 2 and "0 to run" in stdout and "epoch 1 dev" not in stdout
     assert {k: (out / k / "metrics.json").stat().st_mtime_ns for k in trials} == mtimes
     assert {t["status"] for t in json.loads((out / "sweep.json").read_text())["trials"]} == {"reused"}
+
+
+@pytest.mark.slow
+def test_local_ray_trials_run_at_the_sweeps_own_priority(tmp_path):
+    """Ray would start trial workers at nice 15, where they starve beside any other process."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.tune")
+    executor = sw.RayExecutor(tmp_path, cpus=1, printer=lambda line: None)
+    executor.start()
+    try:
+        niceness = ray.remote(lambda: os.nice(0))  # a lambda travels by value, not by this module's name
+        assert ray.get(niceness.remote()) == os.nice(0)
+    finally:
+        executor.stop()

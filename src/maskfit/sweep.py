@@ -482,8 +482,11 @@ class RayExecutor:
             os.environ["PYTHONPATH"] = _worker_pythonpath()  # workers import this maskfit, whatever their cwd
             try:
                 # address="local": a new instance even where 'ray start' left a cluster (ray.init() would join it)
+                # Ray starts workers at nice 15; on one's own machine the trials are the work, and at 15
+                # they starve beside anything else (a trial next to two `maskfit train` runs got 4% of a core).
                 ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.WARNING, object_store_memory=128 * 2**20)
+                         logging_level=logging.WARNING, object_store_memory=128 * 2**20,
+                         runtime_env={"env_vars": {"RAY_worker_niceness": str(os.nice(0))}})
             finally:
                 if saved is None:
                     os.environ.pop("PYTHONPATH", None)
