@@ -486,7 +486,8 @@ class RayExecutor:
                 # they starve beside anything else (a trial next to two `maskfit train` runs got 4% of a core).
                 ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
                          logging_level=logging.WARNING, object_store_memory=128 * 2**20,
-                         runtime_env={"env_vars": {"RAY_worker_niceness": str(os.nice(0))}})
+                         runtime_env={"env_vars": {"RAY_worker_niceness": str(os.nice(0))}}
+                         if hasattr(os, "nice") else None)
             finally:
                 if saved is None:
                     os.environ.pop("PYTHONPATH", None)
