@@ -23,21 +23,36 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def trials_of(path: Path) -> list[dict]:
-    """(method, lr, seed, dev score ×100, epochs budget, train size, wall s) of every finished run in a source."""
+def flag(flags: list[str], name: str) -> str | None:
+    return flags[flags.index(name) + 1] if name in flags[:-1] else None
+
+
+def trials_of(path: Path, task: str) -> list[dict]:
+    """(method, lr, seed, dev score ×100, epochs budget, train size, wall s) of every finished run in a source.
+
+    A row compares methods at their defaults, so a source for another task, or a trial that
+    varies any flag but method, lr and seed (a --blocks or --pooling probe), is refused."""
     data = json.loads(path.read_text())
     out = []
     if "trials" in data:  # a maskfit sweep
+        if flag(data["train_flags"], "--task") not in (None, task):
+            sys.exit(f"fidelity_seeds: {path} is a sweep of task {flag(data['train_flags'], '--task')}, not {task}")
         for t in data["trials"]:
             if t.get("status") == "error" or t.get("best") is None:
                 continue
+            varied = sorted(set(t.get("flags", {})) - {"method", "lr", "seed"})
+            if varied:
+                sys.exit(f"fidelity_seeds: {path}: trial {t['key']} sets --{varied[0]} {t['flags'][varied[0]]}; "
+                         "a fidelity row holds only method, lr and seed trials")
             out.append({"method": t["method"], "lr": float(t["lr"]), "seed": int(t["seed"]),
                         "score": 100 * t["best"], "epochs": t.get("epochs"), "train_n": t.get("n_train"),
                         "wall_s": t.get("wall_time_s"), "metric": t.get("metric"), "finished": t.get("status"),
                         "test": None if t.get("test_score") is None else 100 * t["test_score"]})
     else:  # benchmarks/readme_mrpc.py
         flags = data.get("extra_flags") or []
-        method = flags[flags.index("--method") + 1] if "--method" in flags else "mask"
+        if task != "mrpc":
+            sys.exit(f"fidelity_seeds: {path} holds README MRPC runs, not {task}")
+        method = flag(flags, "--method") or "mask"
         for r in data["runs"]:
             out.append({"method": method, "lr": float(r["lr"]), "seed": int(r["seed"]),
                         "score": r["best_dev_accuracy"], "epochs": 10, "train_n": 3668,
@@ -79,7 +94,14 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
     from maskfit.run import atomic_write_json
 
-    trials = [t for p in a.runs for t in trials_of(p)]
+    trials, seen = [], {}
+    for p in a.runs:
+        for t in trials_of(p, a.task):
+            key = (t["method"], t["lr"], t["seed"])
+            if key in seen:  # the same trial twice would weigh one seed double
+                sys.exit(f"fidelity_seeds: {key[0]} lr {key[1]:g} seed {key[2]} is in both {seen[key]} and {p}")
+            seen[key] = p
+            trials.append(t)
     new = rows(a.model, a.task, trials, [str(p) for p in a.runs])
     old = json.loads(a.results.read_text()) if a.results.is_file() else []
     keys = {(r["model"], r["task"], r["method"]) for r in new}

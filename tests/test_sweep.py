@@ -175,6 +175,52 @@ def test_without_ray_one_line_and_non_zero(tmp_path, capsys, monkeypatch):
     assert "Traceback" not in out + err and not (tmp_path / "s").exists()
 
 
+def test_fidelity_rows_merge_sources_and_refuse_what_would_skew_a_row(tmp_path, monkeypatch, capsys):
+    # benchmarks/fidelity_seeds.py builds a row from several sweeps; a probe of another flag,
+    # another task or the same trial twice would silently change the row, so each is refused
+    spec = importlib.util.spec_from_file_location("fidelity_seeds", ROOT / "benchmarks" / "fidelity_seeds.py")
+    fs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fs)
+
+    def sweep(name, task, trials):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"train_flags": ["--task", task, "--epochs", "10"], "trials": [
+            {"key": f"{m}/{k}", "method": m, "flags": flags, "lr": lr, "seed": seed, "status": "trained",
+             "metric": "accuracy", "best": best, "epochs": 10, "n_train": 2147, "wall_time_s": 60.0}
+            for k, (m, flags, lr, seed, best) in enumerate(trials)]}))
+        return str(path)
+
+    seeds = sweep("seeds", "arc-easy", [("mask", {"lr": "1e-4", "seed": str(s)}, 1e-4, s, b) for s, b in
+                                        enumerate([0.52, 0.50, 0.48])]
+                  + [("finetune", {"lr": "5e-5", "seed": "0"}, 5e-5, 0, 0.56)])
+    grid = sweep("grid", "arc-easy", [("mask", {"lr": "3e-4"}, 3e-4, 0, 0.53), ("mask", {"lr": "7e-5"}, 7e-5, 0, 0.49)])
+    results = tmp_path / "fidelity.json"
+
+    def run(*sources, task="arc-easy"):
+        monkeypatch.setattr(sys, "argv", ["fidelity_seeds", "--model", "minilm", "--task", task,
+                                          "--results", str(results), "--runs", *sources])
+        fs.main()
+
+    run(seeds, grid)
+    rows = {r["method"]: r for r in json.loads(results.read_text())}
+    # the best lr at seed 0 is 3e-4 (53 > 52), which has one seed: the row holds what was run there
+    assert rows["mask"]["lr"] == 3e-4 and rows["mask"]["lr_grid"] == [7e-5, 1e-4, 3e-4]
+    assert rows["mask"]["scores"] == [53.0] and rows["finetune"]["scores"] == [56.0]
+    assert rows["mask"]["lr_scores_first_seed"] == {"7e-05": 49.0, "0.0001": 52.0, "0.0003": 53.0}
+
+    blocks = sweep("blocks", "arc-easy", [("mask", {"blocks": "all"}, 1e-4, 0, 0.51)])
+    rte = sweep("rte", "rte", [("mask", {"lr": "1e-4"}, 1e-4, 3, 0.55)])
+    for sources, task, message in [((seeds, blocks), "arc-easy", "trial mask/0 sets --blocks all"),
+                                   ((seeds, rte), "arc-easy", "is a sweep of task rte, not arc-easy"),
+                                   ((seeds, seeds), "arc-easy", "mask lr 0.0001 seed 0 is in both"),
+                                   ((seeds,), "rte", "is a sweep of task arc-easy, not rte")]:
+        before = results.read_text()
+        with pytest.raises(SystemExit) as e:
+            run(*sources, task=task)
+        assert message in str(e.value) and "\n" not in str(e.value)
+        assert results.read_text() == before  # nothing written
+
+
 # --------------------------------------------------------------------------- real trials on Ray Tune
 
 
