@@ -1,9 +1,10 @@
 """The README's first command over several seeds: the figure the README states, with its spread.
 
-    python benchmarks/readme_mrpc.py --seeds 0,1,2 --jobs 2
+    python benchmarks/readme_mrpc.py --seeds 0,1,2 --jobs 2 --name lr7e-5 -- --lr 7e-5
 
-Each seed runs exactly the README's ``maskfit train --task mrpc --model minilm --method mask``
-(every default: lr, epochs, early stopping, ``--precision auto``) plus ``--seed N`` and, so
+Each seed runs ``maskfit train --task mrpc --model minilm --method mask`` with every default
+(lr, epochs, early stopping, ``--precision auto``; the README's command adds ``--lr 7e-5``, so
+``-- --lr 7e-5`` runs exactly that) plus ``--seed N`` and, so
 that ``--jobs`` runs can share the machine, ``--threads`` (default: cores / jobs). Extra
 ``maskfit train`` flags after ``--`` are added to every run (to compare a changed default
 before making it the default). Finished runs under ``--runs`` are reused. Writes
