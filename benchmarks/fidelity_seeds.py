@@ -37,6 +37,7 @@ def trials_of(path: Path, task: str) -> list[dict]:
     if "trials" in data:  # a maskfit sweep
         if flag(data["train_flags"], "--task") not in (None, task):
             sys.exit(f"fidelity_seeds: {path} is a sweep of task {flag(data['train_flags'], '--task')}, not {task}")
+        sample = train_sample(data["train_flags"])
         for t in data["trials"]:
             if t.get("status") == "error" or t.get("best") is None:
                 continue
@@ -47,7 +48,7 @@ def trials_of(path: Path, task: str) -> list[dict]:
             out.append({"method": t["method"], "lr": float(t["lr"]), "seed": int(t["seed"]),
                         "score": 100 * t["best"], "epochs": t.get("epochs"), "train_n": t.get("n_train"),
                         "wall_s": t.get("wall_time_s"), "metric": t.get("metric"), "finished": t.get("status"),
-                        "test": None if t.get("test_score") is None else 100 * t["test_score"]})
+                        "test": None if t.get("test_score") is None else 100 * t["test_score"], "sample": sample})
     else:  # benchmarks/readme_mrpc.py
         flags = data.get("extra_flags") or []
         if task != "mrpc":
@@ -56,8 +57,17 @@ def trials_of(path: Path, task: str) -> list[dict]:
         for r in data["runs"]:
             out.append({"method": method, "lr": float(r["lr"]), "seed": int(r["seed"]),
                         "score": r["best_dev_accuracy"], "epochs": 10, "train_n": 3668,
-                        "wall_s": r.get("wall_time_s"), "metric": "accuracy"})
+                        "wall_s": r.get("wall_time_s"), "metric": "accuracy", "sample": None})
     return out
+
+
+def train_sample(train_flags: list[str]) -> str | None:
+    """How a sweep's trials subsample the train split (--limit-train), in words; None for the full split."""
+    n = flag(train_flags, "--limit-train")
+    if n is None:
+        return None
+    seed = flag(train_flags, "--limit-train-seed")
+    return f"seeded sample of {n} ({'the same subset for every seed, subset seed ' + seed if seed else 'drawn per seed'})"
 
 
 def rows(model: str, task: str, trials: list[dict], sources: list[str]) -> list[dict]:
@@ -75,6 +85,7 @@ def rows(model: str, task: str, trials: list[dict], sources: list[str]) -> list[
                     "mean": round(statistics.mean(exact), 2),
                     "std": round(statistics.stdev(exact), 2) if len(exact) > 1 else 0.0,
                     "train_n": chosen[0]["train_n"], "epochs": chosen[0]["epochs"],
+                    **({"train_sample": chosen[0]["sample"]} if chosen[0]["sample"] else {}),
                     "lr_scores_first_seed": {f"{k:g}": round(v, 2) for k, v in sorted(at_first.items())},
                     "wall_s_per_run": round(statistics.mean(t["wall_s"] for t in chosen if t["wall_s"])),
                     "sources": sources})
@@ -102,6 +113,11 @@ def main() -> None:
                 sys.exit(f"fidelity_seeds: {key[0]} lr {key[1]:g} seed {key[2]} is in both {seen[key]} and {p}")
             seen[key] = p
             trials.append(t)
+    samples = {t["sample"] for t in trials}
+    if len(samples) > 1:  # scores on different train sets are not seeds of one row
+        a_, b_ = sorted(samples, key=str)[:2]
+        sys.exit(f"fidelity_seeds: the sources train on different train sets ({a_ or 'the full split'} and "
+                 f"{b_ or 'the full split'}); a row uses one")
     new = rows(a.model, a.task, trials, [str(p) for p in a.runs])
     old = json.loads(a.results.read_text()) if a.results.is_file() else []
     keys = {(r["model"], r["task"], r["method"]) for r in new}

@@ -83,7 +83,7 @@ def fidelity_section() -> list[str]:
         out.append(f"| {r['model']} | {r['task']} | {r['method']} | {r['lr']:g} ({grid}) | "
                    f"**{r['mean']:.2f} ± {r['std']:.2f}** | {', '.join(f'{x:.2f}' for x in r['scores'])} | "
                    f"{format(r['test_mean'], '.2f') if 'test_mean' in r else '–'} | "
-                   f"{r.get('train_n') or ''} | {r.get('epochs') or ''} | {r.get('wall_s_per_run') or ''} |")
+                   f"{r.get('train_n') or ''}{' (sample)' if r.get('train_sample') else ''} | {r.get('epochs') or ''} | {r.get('wall_s_per_run') or ''} |")
     out.append("")
     by_task = {}
     for r in rows:
@@ -92,6 +92,10 @@ def fidelity_section() -> list[str]:
         if "mask" in m and "finetune" in m:
             gap = m["mask"]["mean"] - m["finetune"]["mean"]
             out.append(f"- {model} {task}: mask − finetune = {gap:+.1f} points (the goal is |gap| ≤ 1.0).")
+    for r in rows:
+        if r.get("train_sample"):
+            out.append(f"- {r['model']} {r['task']} {r['method']}: train n (sample) is a {r['train_sample']} "
+                       "of the train split, not the full set.")
     out += ["", "Rows written by `benchmarks/fidelity_seeds.py` from the runs' results, whose files name the "
             "training commands (`benchmarks/readme_mrpc.py` for the README command's mask seeds, `maskfit sweep` "
             "for the others):", ""]

@@ -182,9 +182,9 @@ def test_fidelity_rows_merge_sources_and_refuse_what_would_skew_a_row(tmp_path, 
     fs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fs)
 
-    def sweep(name, task, trials):
+    def sweep(name, task, trials, extra=()):
         path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps({"train_flags": ["--task", task, "--epochs", "10"], "trials": [
+        path.write_text(json.dumps({"train_flags": ["--task", task, "--epochs", "10", *extra], "trials": [
             {"key": f"{m}/{k}", "method": m, "flags": flags, "lr": lr, "seed": seed, "status": "trained",
              "metric": "accuracy", "best": best, "epochs": 10, "n_train": 2147, "wall_time_s": 60.0}
             for k, (m, flags, lr, seed, best) in enumerate(trials)]}))
@@ -208,12 +208,23 @@ def test_fidelity_rows_merge_sources_and_refuse_what_would_skew_a_row(tmp_path, 
     assert rows["mask"]["scores"] == [53.0] and rows["finetune"]["scores"] == [56.0]
     assert rows["mask"]["lr_scores_first_seed"] == {"7e-05": 49.0, "0.0001": 52.0, "0.0003": 53.0}
 
+    assert "train_sample" not in rows["mask"]
+
+    # a row trained on a seeded sample says so; mixed with full-set trials it is refused below
+    sampled = sweep("sampled", "arc-easy", [("mask", {"lr": "1e-4", "seed": "3"}, 1e-4, 3, 0.47)],
+                    extra=("--limit-train", "1000", "--limit-train-seed", "0"))
+    run(sampled)
+    rows = {r["method"]: r for r in json.loads(results.read_text())}
+    assert rows["mask"]["train_sample"] == "seeded sample of 1000 (the same subset for every seed, subset seed 0)"
+    run(seeds, grid)
+
     blocks = sweep("blocks", "arc-easy", [("mask", {"blocks": "all"}, 1e-4, 0, 0.51)])
     rte = sweep("rte", "rte", [("mask", {"lr": "1e-4"}, 1e-4, 3, 0.55)])
     for sources, task, message in [((seeds, blocks), "arc-easy", "trial mask/0 sets --blocks all"),
                                    ((seeds, rte), "arc-easy", "is a sweep of task rte, not arc-easy"),
                                    ((seeds, seeds), "arc-easy", "mask lr 0.0001 seed 0 is in both"),
-                                   ((seeds,), "rte", "is a sweep of task arc-easy, not rte")]:
+                                   ((seeds,), "rte", "is a sweep of task arc-easy, not rte"),
+                                   ((seeds, sampled), "arc-easy", "the sources train on different train sets")]:
         before = results.read_text()
         with pytest.raises(SystemExit) as e:
             run(*sources, task=task)
