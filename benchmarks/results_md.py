@@ -92,10 +92,9 @@ def fidelity_section() -> list[str]:
         if "mask" in m and "finetune" in m:
             gap = m["mask"]["mean"] - m["finetune"]["mean"]
             out.append(f"- {model} {task}: mask − finetune = {gap:+.1f} points (the goal is |gap| ≤ 1.0).")
-    for r in rows:
-        if r.get("train_sample"):
-            out.append(f"- {r['model']} {r['task']} {r['method']}: train n (sample) is a {r['train_sample']} "
-                       "of the train split, not the full set.")
+    for model, task, sample in dict.fromkeys((r["model"], r["task"], r["train_sample"]) for r in rows
+                                             if r.get("train_sample")):
+        out.append(f"- {model} {task}: train n (sample) is a {sample} of the train split, not the full set.")
     out += ["", "Rows written by `benchmarks/fidelity_seeds.py` from the runs' results, whose files name the "
             "training commands (`benchmarks/readme_mrpc.py` for the README command's mask seeds, `maskfit sweep` "
             "for the others):", ""]
