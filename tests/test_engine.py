@@ -148,13 +148,23 @@ BITS = 1e-3
 """Mask bits allowed to differ between runs on the same examples. Each micro-batch is padded
 to its own longest input, so gradients differ from one big batch's in the last bits, and
 Adam moves every score by about ±lr in its first steps whatever the gradient's size: a
-weight whose gradient is rounding noise may flip either way. Measured here: 1,412 of
-7,226,112 bits (2e-4) for MRPC with accumulation, 0 for NER and 0 for 2 processes."""
+weight whose gradient is rounding noise may flip either way. Measured with accumulation: MRPC
+1,412 of 7,226,112 bits (2e-4) and NER 0 on a 2-core AMD EPYC (AVX2), MRPC 2 and NER 869 of
+7,081,344 (1.2e-4) on an Intel Xeon with AVX-512; 0 for 2 processes. Normalising each NER
+micro-step by its own token count instead of the global batch's flips 90,336 (1.3e-2)."""
+
+LOSS_REL = (2e-4, 4e-3)
+"""Relative train-loss tolerance for epoch 1 and for later epochs. Rounding noise flips a few
+bits in epoch 1 and later losses inherit the different masks: on the Intel Xeon above, NER with
+accumulation differs by 2.7e-5 in epoch 1 and 1.6e-3 in epoch 2; with the per-micro-step
+normalisation bug by 2.1e-3 and 9.9e-3."""
 
 
 def same_training(a: dict, b: dict, n_dev: int) -> None:
     """Two runs on the same examples: losses equal to rounding, dev scores within one example."""
-    assert [r["train_loss"] for r in a["epochs"]] == pytest.approx([r["train_loss"] for r in b["epochs"]], rel=1e-3)
+    assert len(a["epochs"]) == len(b["epochs"])
+    for i, (x, y) in enumerate(zip([r["train_loss"] for r in a["epochs"]], [r["train_loss"] for r in b["epochs"]])):
+        assert x == pytest.approx(y, rel=LOSS_REL[min(i, 1)]), (i + 1, x, y)
     assert [r["dev_score"] for r in a["epochs"]] == pytest.approx([r["dev_score"] for r in b["epochs"]],
                                                                   abs=1.01 / n_dev)
 

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -282,14 +283,24 @@ def test_sweep_on_ray_trains_records_and_reuses(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="POSIX niceness")
 def test_local_ray_trials_run_at_the_sweeps_own_priority(tmp_path):
-    """Ray would start trial workers at nice 15, where they starve beside any other process."""
-    ray = pytest.importorskip("ray")
+    """Ray would start trial workers at nice 15, where they starve beside any other process; and
+    its worker niceness is an increment, so a sweep run under `nice` must not push them further."""
+    pytest.importorskip("ray")
     pytest.importorskip("ray.tune")
-    executor = sw.RayExecutor(tmp_path, cpus=1, printer=lambda line: None)
-    executor.start()
-    try:
-        niceness = ray.remote(lambda: os.nice(0))  # a lambda travels by value, not by this module's name
-        assert ray.get(niceness.remote()) == os.nice(0)
-    finally:
-        executor.stop()
+    probe = (
+        "import os, sys, ray\n"
+        "from maskfit import sweep as sw\n"
+        "executor = sw.RayExecutor(sys.argv[1], cpus=1, printer=lambda line: None)\n"
+        "executor.start()\n"
+        "try:\n"
+        "    print(os.nice(0), ray.get(ray.remote(lambda: os.nice(0)).remote()))\n"
+        "finally:\n"
+        "    executor.stop()\n")
+    # Run under `nice -n 3`, as a sweep started beside other work would be.
+    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, preexec_fn=lambda: os.nice(3))
+    assert done.returncode == 0, done.stderr[-2000:]
+    driver, worker = map(int, done.stdout.split()[-2:])
+    assert driver == min(os.nice(0) + 3, 19) and worker == driver

@@ -484,10 +484,11 @@ class RayExecutor:
                 # address="local": a new instance even where 'ray start' left a cluster (ray.init() would join it)
                 # Ray starts workers at nice 15; on one's own machine the trials are the work, and at 15
                 # they starve beside anything else (a trial next to two `maskfit train` runs got 4% of a core).
+                # Ray applies worker_niceness as nice(n), an increment: 0 keeps the sweep's own priority
+                # (a sweep started under `nice -n 10` otherwise put its trials at 10 + 10, capped at 19).
                 ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
                          logging_level=logging.WARNING, object_store_memory=128 * 2**20,
-                         runtime_env={"env_vars": {"RAY_worker_niceness": str(os.nice(0))}}
-                         if hasattr(os, "nice") else None)
+                         runtime_env={"env_vars": {"RAY_worker_niceness": "0"}})
             finally:
                 if saved is None:
                     os.environ.pop("PYTHONPATH", None)
