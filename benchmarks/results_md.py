@@ -110,9 +110,12 @@ def fidelity_section() -> list[str]:
 
 def main() -> None:
     out = ["# Results", "",
-           "Every number below was measured on this project's 2-core CPU machine (no GPU, no native bf16: "
-           "`torch.cpu._is_amx_tile_supported()` and `_is_avx512_bf16_supported()` are both False here, and "
-           "bf16 autocast measured 7× slower than fp32 on a 2048×384 by 384×1536 matmul, so every run is fp32). "
+           "Every number below was measured on a 2-core CPU machine without a GPU. The CPU model changes between "
+           "sessions: most runs had a 2-core AMD EPYC with AVX2 and no native bf16 (`torch.cpu._is_amx_tile_supported()` "
+           "and `_is_avx512_bf16_supported()` both False; bf16 autocast measured 7× slower than fp32 on a 2048×384 by "
+           "384×1536 matmul there); the runs that had a 2-core Intel Xeon with AVX-512 and AMX say so where they appear. "
+           "Every training run below is fp32 (on the AMD machine `--precision auto` picks fp32; on the Intel one it was "
+           "pinned with `--precision fp32`) unless its row says bf16. "
            "The machine was shared with other jobs while these ran; wall times and examples/s are therefore "
            "pessimistic and only comparable within one table. `python benchmarks/results_md.py` rebuilds this file "
            "from `benchmarks/results/`.", ""]
