@@ -114,8 +114,8 @@ def main() -> None:
            "sessions: most runs had a 2-core AMD EPYC with AVX2 and no native bf16 (`torch.cpu._is_amx_tile_supported()` "
            "and `_is_avx512_bf16_supported()` both False; bf16 autocast measured 7× slower than fp32 on a 2048×384 by "
            "384×1536 matmul there); the runs that had a 2-core Intel Xeon with AVX-512 and AMX say so where they appear. "
-           "Every training run below is fp32 (on the AMD machine `--precision auto` picks fp32; on the Intel one it was "
-           "pinned with `--precision fp32`) unless its row says bf16. "
+           "Every training run below is fp32 unless its section says bf16: `--precision auto` picks fp32 on the AMD "
+           "machine, and for masks on any CPU; the Intel runs of other methods pinned `--precision fp32`. "
            "The machine was shared with other jobs while these ran; wall times and examples/s are therefore "
            "pessimistic and only comparable within one table. `python benchmarks/results_md.py` rebuilds this file "
            "from `benchmarks/results/`.", ""]
