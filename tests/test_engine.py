@@ -185,6 +185,7 @@ def test_clipping_and_diagnostics_are_recorded(tmp_path):
     clipped = _fit(tmp_path / "clip", epochs=1, batch_size=32, max_grad_norm=1e-6)
     rec = free.metrics["epochs"][0]
     assert rec["grad_norm"] > 1e-6 and 0 < rec["sparsity"] < 1 and 0 < rec["flipped"] < 1
+    assert 0.5 <= rec["dev_top_share"] <= 1  # two labels: the top one holds at least half
     assert clipped.metrics["engine"]["max_grad_norm"] == 1e-6
     # The CPU's model is recorded (fp32 trajectories and timings depend on it), not just "x86_64".
     assert free.metrics["engine"]["hardware"] == cpu_model() and "native bf16: " in cpu_model()
@@ -375,6 +376,17 @@ def test_mask_diagnostics_count_flipped_bits_by_hand(tiny_bert_config):
     d = mask_diagnostics(model, before)
     assert d["flipped"] == 10 / total
     assert d["sparsity"] == (zeros + 7 - 3) / total
+
+
+def test_top_prediction_share_counts_the_most_frequent_prediction():
+    from maskfit.train import top_prediction_share
+
+    assert top_prediction_share(["yes", "no", "yes", "yes"]) == 0.75  # sequence: label names
+    assert top_prediction_share([1, 0, 1]) == 2 / 3  # choice: indices
+    # tagging: every word's tag counts, however the sentences split them
+    assert top_prediction_share([["O", "B-PER", "O"], ["O"], ["I-PER", "B-PER"]]) == 3 / 6
+    assert top_prediction_share(["a"] * 5) == 1.0  # a constant predictor
+    assert top_prediction_share([]) == 0.0
 
 
 def test_gradient_norm_is_the_norm_of_the_score_gradients(tiny_bert_config, monkeypatch):

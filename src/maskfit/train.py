@@ -14,6 +14,7 @@ import math
 import os
 import random
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -416,9 +417,10 @@ def _fit(engine: Engine, task, model_name, out_dir, args, mask_config, model_con
                                        desc=f"epoch {epoch + 1}/{args.epochs}")
             t_eval = time.perf_counter()
             outputs = engine.predict(model, kind, dev_feats, pad, labels, batch_size=args.eval_batch_size)
-            score, _ = kind.score(task.metric, outputs, dev, labels)
+            score, preds = kind.score(task.metric, outputs, dev, labels)
             dev_loss = kind.mean_loss(outputs, dev, labels)
             record = {"epoch": epoch + 1, "train_loss": stats["loss"], "dev_score": score, "dev_loss": dev_loss,
+                      "dev_top_share": top_prediction_share(preds),
                       "train_time_s": stats["time_s"], "train_examples_per_s": stats["examples"] / stats["time_s"],
                       "eval_time_s": time.perf_counter() - t_eval, "grad_norm": stats["grad_norm"],
                       "lr": scheduler.get_last_lr()[0]}
@@ -432,8 +434,9 @@ def _fit(engine: Engine, task, model_name, out_dir, args, mask_config, model_con
                     run.save_best(engine.unwrap(model), args.method, {"task": info["task"], "inputs": info["inputs"]})
                 else:
                     best_state = trainable_state(engine.unwrap(model))
-            log.info("epoch %d: loss %.4f dev %s %.4f (loss %.4f)%s (%.0f ex/s, grad norm %s%s)", epoch + 1, record["train_loss"],
-                     task.metric, score, dev_loss, " *best*" if improved else "", record["train_examples_per_s"],
+            log.info("epoch %d: loss %.4f dev %s %.4f (loss %.4f)%s (%.0f ex/s, top prediction %.3f, grad norm %s%s)",
+                     epoch + 1, record["train_loss"], task.metric, score, dev_loss, " *best*" if improved else "",
+                     record["train_examples_per_s"], record["dev_top_share"],
                      f"{record['grad_norm']:.3g}" if record["grad_norm"] is not None else "-",
                      f", mask sparsity {record['sparsity']:.4f}, flipped {record['flipped']:.5f}"
                      if "flipped" in record else "")
@@ -499,6 +502,16 @@ def mask_diagnostics(model: nn.Module, previous: dict[str, torch.Tensor] | None)
         flipped = sum(int((now[n] != previous[n]).sum()) for n in now)
         out["flipped"] = flipped / total if total else 0.0
     return out
+
+
+def top_prediction_share(predictions) -> float:
+    """Share of the dev predictions (every word's tag, for tagging) that are the most frequent one.
+
+    1.0 is a constant predictor: a model collapsed onto the majority class keeps that
+    class's accuracy while it has learned nothing, which the metric alone hides.
+    """
+    flat = [p for pred in predictions for p in (pred if isinstance(pred, list) else [pred])]
+    return max(Counter(flat).values()) / len(flat) if flat else 0.0
 
 
 def _mean_rate(history: list[dict]) -> float | None:
