@@ -194,6 +194,7 @@ def test_dev_label_missing_from_train_is_refused(tmp_path, capsys):
     (["train", "--task", "sst2", "--out", "X", "--blocks", "2-99"], "out of range"),
     (["train", "--task", "sst2", "--out", "X", "--modules", "q,zz"], "unknown module"),
     (["train", "--task", "ner", "--out", "X", "--pooling", "mean"], "tagging heads read every token"),
+    (["train", "--task", "arc-easy", "--out", "X", "--head-bias", "prior", *FAST], "sequence or tagging task"),
     (["eval", "--run", "/nonexistent/run"], "not a maskfit run directory"),
 ])
 def test_bad_arguments_get_one_line_errors(argv, needle, tmp_path, capsys):
@@ -223,6 +224,31 @@ def test_wrong_base_for_mask_file_is_refused(method, tmp_path, capsys):
     (out / "run.json").write_text(json.dumps(info))
     line = one_line_error(*run_cli(["eval", "--run", out], capsys)[::2])
     assert "fingerprint" in line and "minilm" in line
+
+
+@pytest.mark.parametrize("task", ["rte", "ner"])
+def test_head_bias_prior_is_the_train_label_prior_and_stays_frozen(task, tmp_path, capsys):
+    """``--head-bias prior`` starts W_T's bias at the log share of each label (each word's tag for
+    tagging) in the run's train subset; a mask never trains it, so the saved head still holds it."""
+    from maskfit.tasks import get_task
+    from maskfit.tasktypes import task_type
+    from maskfit.train import TrainArgs, split_data, task_labels
+
+    out = tmp_path / "run"
+    assert run_cli(["train", "--task", task, "--out", out, "--epochs", "1", "--head-bias", "prior", *FAST],
+                   capsys)[0] == 0
+    run = load_run(out)
+    train = split_data(get_task(task), TrainArgs(**{k: v for k, v in run.info["args"].items()
+                                                    if k in TrainArgs.defaults()}))[0]
+    labels, kind = task_labels(run.task), task_type(run.task_type)
+    counts = torch.zeros(len(labels), dtype=torch.float64)
+    for ex in train:
+        for i in kind.gold_ids(ex, labels):
+            counts[i] += 1
+    expected = torch.log((counts + 1) / (counts + 1).sum()).float()
+    bias = run.model().get_base_model().classifier.bias
+    assert len(set(expected.tolist())) > 1  # the subset's labels are not uniform: the check can fail
+    assert torch.allclose(bias, expected)
 
 
 def test_run_model_matches_returned_model(tmp_path):

@@ -199,6 +199,25 @@ def _checkpoint_tensors(path: str, names: tuple[str, ...]):
     return None
 
 
+def set_prior_bias(model: nn.Module, counts) -> None:
+    """Start the classifier's bias (W_T's) at the log of each class's share of ``counts``, add-one smoothed.
+
+    The paper's head is random with bias 0 and, under masking, never trained: it starts by
+    giving every class the same odds, and with no trainable bias a mask can learn the label
+    prior only through the encoder, as one direction added to every example's pooled vector.
+    Starting the bias at the prior leaves the mask only the input-dependent part to learn.
+    """
+    inner = unwrap(model)
+    arch = architecture_for(inner.config.model_type)
+    found = [m for n, m in inner.named_modules() if n in arch.classifier and isinstance(m, nn.Linear)]
+    if not found or found[0].bias is None or found[0].bias.numel() != len(counts):
+        raise ModelError(f"--head-bias prior needs a classifier with a bias of {len(counts)} classes; "
+                         f"this {type(inner).__name__} has none")
+    share = torch.tensor(list(counts), dtype=torch.float64) + 1.0
+    with torch.no_grad():
+        found[0].bias.copy_(torch.log(share / share.sum()).to(found[0].bias.dtype))
+
+
 def random_head_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     """Name → tensor of the head's randomly initialised parameters.
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from .engine import TRACKERS, Engine, predict_outputs
 from .errors import ConfigError, DataError
-from .heads import POOLINGS, build_model, check_head, load_tokenizer
+from .heads import POOLINGS, build_model, check_head, load_tokenizer, set_prior_bias
 from .masking import ALL_MODULES, MaskConfig, binary_masks, mask_model, mask_stats
 from .run import RunDir, load_run, versions
 from .runtime import PRECISIONS
@@ -34,6 +34,7 @@ from .tasktypes import task_type
 log = logging.getLogger("maskfit.train")
 
 METHODS = ("mask", "finetune", "lora")
+HEAD_BIASES = ("zero", "prior")
 DEFAULT_LR = {"mask": 1e-4, "finetune": 3e-5, "lora": 5e-4}
 """Defaults when neither ``--lr`` nor a task lr applies (paper Table 4 ranges:
 mask 1e-3 … 1e-4, finetune 1e-5 … 5e-5). Mask 1e-4, measured on dev with the README's
@@ -150,6 +151,10 @@ class TrainArgs:
         "(mean: how sentence-transformer bases such as minilm and mpnet were trained)", choices=POOLINGS))
     dropout: float | None = field(default=None, metadata=_help(
         "set every dropout probability of the model (default: keep the checkpoint's)"))
+    head_bias: str = field(default="zero", metadata=_help(
+        "the classifier's bias before training: zero (the paper) or prior (the log of each label's share of "
+        "the train set, so a frozen head need not learn the label prior through the encoder; sequence and "
+        "tagging tasks)", choices=HEAD_BIASES))
     log_with: tuple[str, ...] = field(default=(), metadata=_help(
         "also log every epoch to these trackers (comma-separated: tensorboard, wandb), under --out"))
     lora_r: int = field(default=8, metadata=_help("LoRA rank (method lora)"))
@@ -184,6 +189,7 @@ class TrainArgs:
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
             (self.pooling in POOLINGS, f"unknown pooling {self.pooling!r}; expected {' or '.join(POOLINGS)}"),
             (self.dropout is None or 0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}"),
+            (self.head_bias in HEAD_BIASES, f"--head-bias takes {' or '.join(HEAD_BIASES)}, got {self.head_bias!r}"),
             (set(self.log_with) <= set(TRACKERS), f"--log-with takes {', '.join(TRACKERS)}, got {','.join(self.log_with)}"),
             (self.lora_r >= 1, f"--lora-r must be >= 1, got {self.lora_r}"),
             (math.isfinite(self.lora_alpha) and self.lora_alpha > 0, f"--lora-alpha must be > 0, got {self.lora_alpha}"),
@@ -284,10 +290,21 @@ class FitResult:
 
 
 def make_model(model_name: str, task, args: TrainArgs, mask_config: MaskConfig | None,
-               model_config=None) -> nn.Module:
-    """The task model for ``args.method``: masked (only scores train), LoRA (adapters and head) or fully trainable."""
-    model = build_model(model_name, task.type, task_labels(task), seed=args.seed, config=model_config,
+               model_config=None, train: list | None = None) -> nn.Module:
+    """The task model for ``args.method``: masked (only scores train), LoRA (adapters and head) or fully trainable.
+
+    ``train`` (the training examples) is read for ``--head-bias prior``."""
+    labels = task_labels(task)
+    model = build_model(model_name, task.type, labels, seed=args.seed, config=model_config,
                         pooling=args.pooling, dropout=args.dropout)
+    if args.head_bias == "prior":
+        if task.type == "choice" or not train:
+            raise ConfigError("--head-bias prior needs the train labels of a sequence or tagging task")
+        kind, counts = task_type(task.type), [0] * len(labels)
+        for ex in train:
+            for i in kind.gold_ids(ex, labels):
+                counts[i] += 1
+        set_prior_bias(model, counts)
     if args.method == "mask":
         mask_model(model, mask_config or MaskConfig(seed=args.seed))
     elif args.method == "lora":
@@ -332,6 +349,9 @@ def fit(task, model_name: str, out_dir: str | os.PathLike | None, args: TrainArg
     """
     args = args or TrainArgs()
     check_head(task.type, args.pooling)  # before the run directory is written
+    if args.head_bias == "prior" and task.type == "choice":
+        raise ConfigError("--head-bias prior needs the train labels of a sequence or tagging task; "
+                          "a choice head scores each choice, it has no label prior")
     if args.method == "mask":
         mask_config = mask_config or MaskConfig(seed=args.seed)
     engine = Engine(args.device, args.precision, grad_accum=args.grad_accum, max_grad_norm=args.max_grad_norm,
@@ -387,7 +407,7 @@ def _fit(engine: Engine, task, model_name, out_dir, args, mask_config, model_con
         pad = tokenizer.pad_token_id
         train_feats = kind.encode(train, tokenizer, labels, args.max_length)
         dev_feats = kind.encode(dev, tokenizer, labels, args.max_length)
-        model = make_model(model_name, task, args, mask_config, model_config)
+        model = make_model(model_name, task, args, mask_config, model_config, train)
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
         global_batch = args.batch_size * engine.num_processes * args.grad_accum
         scheduler = _scheduler(optimizer, args, math.ceil(len(train_feats) / global_batch) * args.epochs)
