@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     run = load_run(a.run)
     if run.task_type != "sequence" or run.method != "mask":
         raise SystemExit(f"error: the probe reads mask runs of sequence tasks; {a.run} is {run.method} on {run.task_type}")
-    if a.init:
+    if a.init or a.checkpoint:  # the training model, drawn again from the run's seed and config
         from maskfit.masking import MaskConfig
         from maskfit.train import TrainArgs, make_model, split_data
 
@@ -104,12 +104,10 @@ def main(argv=None) -> int:
         args = TrainArgs(**{k: v for k, v in run.info["args"].items() if k in known})
         model = make_model(run.info["model"], run.task, args, MaskConfig(**run.info["mask_config"]),
                            train=split_data(run.task, args)[0]).eval()
-        source = "init"
+        source = "checkpoint " + _load_checkpoint_scores(model, Path(a.run)) if a.checkpoint else "init"
     else:
         model = run.model()
         source = "best mask"
-    if a.checkpoint:
-        source = "checkpoint " + _load_checkpoint_scores(model, Path(a.run))
     task = run.task
     split = "dev" if task.has_split("dev") else task.eval_split
     examples = task.load(split)[: a.limit]
