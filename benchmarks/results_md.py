@@ -88,10 +88,24 @@ def fidelity_section() -> list[str]:
     by_task = {}
     for r in rows:
         by_task.setdefault((r["model"], r["task"]), {})[r["method"]] = r
+    # One line per task: the goal (|mask − finetune| ≤ 1.0) and which lrs were tuned, at a glance.
+    out += ["The goal, per task (a method's lr counts as tuned when its grid has more than one value; "
+            "`–` where that method has no row yet):", "",
+            "| model | task | metric | mask | finetune | lora | mask − finetune | goal met | lr tuned (mask / ft / lora) |",
+            "|---|---|---|---:|---:|---:|---:|---|---|"]
     for (model, task), m in by_task.items():
-        if "mask" in m and "finetune" in m:
-            gap = m["mask"]["mean"] - m["finetune"]["mean"]
-            out.append(f"- {model} {task}: mask − finetune = {gap:+.1f} points (the goal is |gap| ≤ 1.0).")
+        def cell(method):
+            return f"{m[method]['mean']:.2f} ± {m[method]['std']:.2f}" if method in m else "–"
+
+        def tuned(method):
+            return ("yes" if len(m[method]["lr_grid"]) > 1 else "no") if method in m else "–"
+        gap = m["mask"]["mean"] - m["finetune"]["mean"] if "mask" in m and "finetune" in m else None
+        metric = next(iter(m.values())).get("metric", "")
+        out.append(f"| {model} | {task} | {metric} | {cell('mask')} | {cell('finetune')} | {cell('lora')} | "
+                   f"{'–' if gap is None else format(gap, '+.1f')} | "
+                   f"{'–' if gap is None else 'yes' if abs(gap) <= 1.0 else 'no (mask ahead)' if gap > 0 else 'no'} | "
+                   f"{tuned('mask')} / {tuned('finetune')} / {tuned('lora')} |")
+    out.append("")
     for model, task, sample in dict.fromkeys((r["model"], r["task"], r["train_sample"]) for r in rows
                                              if r.get("train_sample")):
         out.append(f"- {model} {task}: train n (sample) is a {sample} of the train split, not the full set.")
