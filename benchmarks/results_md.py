@@ -66,6 +66,9 @@ def engine_section() -> list[str]:
     return out
 
 
+METHODS = ("mask", "finetune", "lora")  # the fidelity goal table's columns, in order
+
+
 def fidelity_section() -> list[str]:
     """The table of benchmarks/results/fidelity.json: per task, each method at its chosen lr over seeds."""
     path = RES / "fidelity.json"
@@ -94,17 +97,13 @@ def fidelity_section() -> list[str]:
             "| model | task | metric | mask | finetune | lora | mask − finetune | goal met | lr tuned (mask / ft / lora) |",
             "|---|---|---|---:|---:|---:|---:|---|---|"]
     for (model, task), m in by_task.items():
-        def cell(method):
-            return f"{m[method]['mean']:.2f} ± {m[method]['std']:.2f}" if method in m else "–"
-
-        def tuned(method):
-            return ("yes" if len(m[method]["lr_grid"]) > 1 else "no") if method in m else "–"
+        cells = [f"{m[k]['mean']:.2f} ± {m[k]['std']:.2f}" if k in m else "–" for k in METHODS]
+        tuned = [("yes" if len(m[k]["lr_grid"]) > 1 else "no") if k in m else "–" for k in METHODS]
         gap = m["mask"]["mean"] - m["finetune"]["mean"] if "mask" in m and "finetune" in m else None
+        met = "–" if gap is None else "yes" if abs(gap) <= 1.0 else "no (mask ahead)" if gap > 0 else "no"
         metric = next(iter(m.values())).get("metric", "")
-        out.append(f"| {model} | {task} | {metric} | {cell('mask')} | {cell('finetune')} | {cell('lora')} | "
-                   f"{'–' if gap is None else format(gap, '+.1f')} | "
-                   f"{'–' if gap is None else 'yes' if abs(gap) <= 1.0 else 'no (mask ahead)' if gap > 0 else 'no'} | "
-                   f"{tuned('mask')} / {tuned('finetune')} / {tuned('lora')} |")
+        out.append(f"| {model} | {task} | {metric} | {' | '.join(cells)} | "
+                   f"{'–' if gap is None else format(gap, '+.1f')} | {met} | {' / '.join(tuned)} |")
     out.append("")
     for model, task, sample in dict.fromkeys((r["model"], r["task"], r["train_sample"]) for r in rows
                                              if r.get("train_sample")):
