@@ -6,7 +6,10 @@ paper protocol (``paper_table.py --profile fidelity``) is out of reach.
         --runs runs/mrpc-ft-seeds/sweep.json
 
 Each source is a ``readme_mrpc.py`` result (mask seeds of the README command at one lr) or a
-``maskfit sweep`` folder's ``sweep.json`` (any trials). Trials are grouped by method and lr;
+``maskfit sweep`` folder's ``sweep.json`` (any trials). A run whose folder was lost before its
+sweep finished (a machine that did not survive a session) can be given by its ``train.log`` and
+seed, ``--train-log benchmarks/results/fidelity_minilm_pos_lora_s0_train.log 0``: the log's own
+lines (task, method, lr, train size, dev score per epoch, test score) make the trial. Trials are grouped by method and lr;
 per method the lr is chosen as the paper protocol does, by the dev score at the first seed,
 and the row holds every seed at that lr. ``lr_grid`` is what was searched, so a row whose
 grid has one value says that its lr was not tuned. Rows of the same (model, task, method)
@@ -16,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +66,38 @@ def trials_of(path: Path, task: str) -> list[dict]:
     return out
 
 
+LOG_HEAD = re.compile(r" INFO task (\S+) \(\w+, (\d+) train, .*\) model \S+ method (\S+) lr (\S+) on ")
+LOG_EPOCH = re.compile(r" INFO epoch (\d+): loss \S+ dev (\S+) (\S+) ")
+LOG_TEST = re.compile(r" INFO test (\S+) (\S+) \(best epoch")
+
+
+def trial_of_log(path: Path, seed: int, task: str) -> dict:
+    """The trial a finished ``maskfit train`` log records. Wall time is the sum of its segments
+    (a resumed run's log holds one segment per start), not the time between its first and last line."""
+    stamp = lambda line: datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")  # noqa: E731
+    head, dev, test, wall, start, last = None, {}, None, 0.0, None, None
+    for line in path.read_text().splitlines():
+        if m := LOG_HEAD.search(line):
+            if start and last:
+                wall += (last - start).total_seconds()
+            head, start = m, stamp(line)
+        elif m := LOG_EPOCH.search(line):
+            dev[int(m[1])] = (m[2], float(m[3]))
+        elif m := LOG_TEST.search(line):
+            test = float(m[2])
+        if line[:4].isdigit():
+            last = stamp(line)
+    if head is None or not dev:
+        sys.exit(f"fidelity_seeds: {path} is not a maskfit train log with at least one epoch")
+    if head[1] != task:
+        sys.exit(f"fidelity_seeds: {path} is a log of task {head[1]}, not {task}")
+    wall += (last - start).total_seconds()
+    metric, best = max(dev.values(), key=lambda v: v[1])
+    return {"method": head[3], "lr": float(head[4]), "seed": seed, "score": 100 * best, "epochs": None,
+            "train_n": int(head[2]), "wall_s": round(wall), "metric": metric, "finished": "log",
+            "test": None if test is None else 100 * test, "sample": None, "from_log": True}
+
+
 def train_sample(train_flags: list[str]) -> str | None:
     """How a sweep's trials subsample the train split (--limit-train), in words; None for the full split."""
     n = flag(train_flags, "--limit-train")
@@ -84,7 +121,7 @@ def rows(model: str, task: str, trials: list[dict], sources: list[str]) -> list[
                     "lr_grid": grid, "seeds": [t["seed"] for t in chosen], "scores": [round(x, 2) for x in exact],
                     "mean": round(statistics.mean(exact), 2),
                     "std": round(statistics.stdev(exact), 2) if len(exact) > 1 else 0.0,
-                    "train_n": chosen[0]["train_n"], "epochs": chosen[0]["epochs"],
+                    "train_n": chosen[0]["train_n"], "epochs": next((t["epochs"] for t in chosen if t["epochs"]), None),
                     **({"train_sample": chosen[0]["sample"]} if chosen[0]["sample"] else {}),
                     "lr_scores_first_seed": {f"{k:g}": round(v, 2) for k, v in sorted(at_first.items())},
                     "wall_s_per_run": round(statistics.mean(t["wall_s"] for t in chosen if t["wall_s"])),
@@ -99,7 +136,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--task", required=True)
-    ap.add_argument("--runs", nargs="+", action="extend", required=True, type=Path)
+    ap.add_argument("--runs", nargs="+", action="extend", default=[], type=Path)
+    ap.add_argument("--train-log", nargs=2, action="append", default=[], metavar=("LOG", "SEED"),
+                    help="a finished maskfit train log and the seed it ran with")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "fidelity.json")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
@@ -113,12 +152,30 @@ def main() -> None:
                 sys.exit(f"fidelity_seeds: {key[0]} lr {key[1]:g} seed {key[2]} is in both {seen[key]} and {p}")
             seen[key] = p
             trials.append(t)
+    for log, seed in a.train_log:
+        t = trial_of_log(Path(log), int(seed), a.task)
+        key = (t["method"], t["lr"], t["seed"])
+        if key in seen:
+            sys.exit(f"fidelity_seeds: {key[0]} lr {key[1]:g} seed {key[2]} is in both {seen[key]} and {log}")
+        seen[key] = log
+        trials.append(t)
+    if not trials:
+        sys.exit("fidelity_seeds: no runs given (--runs or --train-log)")
+    # A log says how many examples it trained on but not whether they were a sample: it must
+    # match the sweeps' train size, and it takes their sample description.
+    swept = [t for t in trials if not t.get("from_log")]
+    for t in trials:
+        if t.get("from_log") and swept and t["train_n"] != swept[0]["train_n"]:
+            sys.exit(f"fidelity_seeds: {seen[(t['method'], t['lr'], t['seed'])]} trained on {t['train_n']} examples, "
+                     f"the sweeps on {swept[0]['train_n']}; a row uses one train set")
+        if t.get("from_log") and swept:
+            t["sample"] = swept[0]["sample"]
     samples = {t["sample"] for t in trials}
     if len(samples) > 1:  # scores on different train sets are not seeds of one row
         a_, b_ = sorted(samples, key=str)[:2]
         sys.exit(f"fidelity_seeds: the sources train on different train sets ({a_ or 'the full split'} and "
                  f"{b_ or 'the full split'}); a row uses one")
-    new = rows(a.model, a.task, trials, [str(p) for p in a.runs])
+    new = rows(a.model, a.task, trials, [str(p) for p in a.runs] + [f"{log} (seed {seed})" for log, seed in a.train_log])
     old = json.loads(a.results.read_text()) if a.results.is_file() else []
     keys = {(r["model"], r["task"], r["method"]) for r in new}
     merged = [r for r in old if (r["model"], r["task"], r["method"]) not in keys] + new
