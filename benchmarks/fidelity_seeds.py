@@ -175,7 +175,11 @@ def main() -> None:
         a_, b_ = sorted(samples, key=str)[:2]
         sys.exit(f"fidelity_seeds: the sources train on different train sets ({a_ or 'the full split'} and "
                  f"{b_ or 'the full split'}); a row uses one")
-    new = rows(a.model, a.task, trials, [str(p) for p in a.runs] + [f"{log} (seed {seed})" for log, seed in a.train_log])
+    new = rows(a.model, a.task, trials, [str(p) for p in a.runs])
+    for r in new:  # logs as given, so RESULTS.md can print the command that rebuilds the row
+        logs = [[log, int(seed)] for log, seed in a.train_log]
+        if logs:
+            r["train_logs"] = logs
     old = json.loads(a.results.read_text()) if a.results.is_file() else []
     keys = {(r["model"], r["task"], r["method"]) for r in new}
     merged = [r for r in old if (r["model"], r["task"], r["method"]) not in keys] + new

@@ -113,8 +113,11 @@ def fidelity_section() -> list[str]:
             "for the others):", ""]
     for (model, task), m in by_task.items():
         sources = sorted({s for r in m.values() for s in r.get("sources", [])})
-        if sources:
-            out.append(f"    python benchmarks/fidelity_seeds.py --model {model} --task {task} --runs " + " ".join(sources))
+        logs = sorted({(log, seed) for r in m.values() for log, seed in r.get("train_logs", [])})
+        if sources or logs:
+            out.append(f"    python benchmarks/fidelity_seeds.py --model {model} --task {task}"
+                       + "".join(f" --runs {s}" if i == 0 else f" {s}" for i, s in enumerate(sources))
+                       + "".join(f" --train-log {log} {seed}" for log, seed in logs))
     notes = RES / "fidelity_notes.md"
     if notes.exists():
         out += ["", notes.read_text().strip()]
