@@ -9,10 +9,11 @@ Each source is a ``readme_mrpc.py`` result (mask seeds of the README command at 
 ``maskfit sweep`` folder's ``sweep.json`` (any trials). A run whose folder was lost before its
 sweep finished (a machine that did not survive a session) can be given by its ``train.log`` and
 seed, ``--train-log benchmarks/results/fidelity_minilm_pos_lora_s0_train.log 0``: the log's own
-lines (task, method, lr, train size, dev score per epoch, test score) make the trial. Trials are grouped by method and lr;
-per method the lr is chosen as the paper protocol does, by the dev score at the first seed,
-and the row holds every seed at that lr. ``lr_grid`` is what was searched, so a row whose
-grid has one value says that its lr was not tuned. Rows of the same (model, task, method)
+lines (task, method, lr, train size, dev score per epoch, test score) make the trial.
+
+Trials are grouped by method and lr; per method the lr is chosen as the paper protocol does,
+by the dev score at the first seed, and the row holds every seed at that lr. ``lr_grid`` is
+what was searched, so a row whose grid has one value says that its lr was not tuned. Rows of the same (model, task, method)
 in fidelity.json are replaced; others are kept.
 """
 from __future__ import annotations
@@ -75,6 +76,8 @@ def trial_of_log(path: Path, seed: int, task: str) -> dict:
     """The trial a finished ``maskfit train`` log records. Wall time is the sum of its segments
     (a resumed run's log holds one segment per start), not the time between its first and last line."""
     stamp = lambda line: datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")  # noqa: E731
+    if not path.is_file():
+        sys.exit(f"fidelity_seeds: no train log at {path}")
     head, dev, test, wall, start, last = None, {}, None, 0.0, None, None
     for line in path.read_text().splitlines():
         if m := LOG_HEAD.search(line):
@@ -153,6 +156,8 @@ def main() -> None:
             seen[key] = p
             trials.append(t)
     for log, seed in a.train_log:
+        if not seed.isdigit():
+            sys.exit(f"fidelity_seeds: --train-log {log} {seed}: the seed must be a whole number")
         t = trial_of_log(Path(log), int(seed), a.task)
         key = (t["method"], t["lr"], t["seed"])
         if key in seen:
