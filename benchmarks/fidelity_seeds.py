@@ -13,8 +13,8 @@ lines (task, method, lr, train size, dev score per epoch, test score) make the t
 
 Trials are grouped by method and lr; per method the lr is chosen as the paper protocol does,
 by the dev score at the first seed, and the row holds every seed at that lr. ``lr_grid`` is
-what was searched, so a row whose grid has one value says that its lr was not tuned. Rows of the same (model, task, method)
-in fidelity.json are replaced; others are kept.
+what was searched, so a row whose grid has one value says that its lr was not tuned. Rows of
+the same (model, task, method) in fidelity.json are replaced; others are kept.
 """
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def trial_of_log(path: Path, seed: int, task: str) -> dict:
     wall += (last - start).total_seconds()
     metric, best = max(dev.values(), key=lambda v: v[1])
     return {"method": head[3], "lr": float(head[4]), "seed": seed, "score": 100 * best, "epochs": None,
-            "train_n": int(head[2]), "wall_s": round(wall), "metric": metric, "finished": "log",
+            "train_n": int(head[2]), "wall_s": round(wall), "metric": metric,
             "test": None if test is None else 100 * test, "sample": None, "from_log": True}
 
 
@@ -147,23 +147,19 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
     from maskfit.run import atomic_write_json
 
-    trials, seen = [], {}
-    for p in a.runs:
-        for t in trials_of(p, a.task):
-            key = (t["method"], t["lr"], t["seed"])
-            if key in seen:  # the same trial twice would weigh one seed double
-                sys.exit(f"fidelity_seeds: {key[0]} lr {key[1]:g} seed {key[2]} is in both {seen[key]} and {p}")
-            seen[key] = p
-            trials.append(t)
     for log, seed in a.train_log:
         if not seed.isdigit():
             sys.exit(f"fidelity_seeds: --train-log {log} {seed}: the seed must be a whole number")
-        t = trial_of_log(Path(log), int(seed), a.task)
-        key = (t["method"], t["lr"], t["seed"])
-        if key in seen:
-            sys.exit(f"fidelity_seeds: {key[0]} lr {key[1]:g} seed {key[2]} is in both {seen[key]} and {log}")
-        seen[key] = log
-        trials.append(t)
+    sources = [(p, trials_of(p, a.task)) for p in a.runs]
+    sources += [(log, [trial_of_log(Path(log), int(seed), a.task)]) for log, seed in a.train_log]
+    trials, seen = [], {}
+    for src, found in sources:
+        for t in found:
+            key = (t["method"], t["lr"], t["seed"])
+            if key in seen:  # the same trial twice would weigh one seed double
+                sys.exit(f"fidelity_seeds: {key[0]} lr {key[1]:g} seed {key[2]} is in both {seen[key]} and {src}")
+            seen[key] = src
+            trials.append(t)
     if not trials:
         sys.exit("fidelity_seeds: no runs given (--runs or --train-log)")
     # A log says how many examples it trained on but not whether they were a sample: it must
