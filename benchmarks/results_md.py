@@ -103,7 +103,7 @@ def fidelity_section() -> list[str]:
         met = "–" if gap is None else "yes" if abs(gap) <= 1.0 else "no (mask ahead)" if gap > 0 else "no"
         metric = next(iter(m.values())).get("metric", "")
         out.append(f"| {model} | {task} | {metric} | {' | '.join(cells)} | "
-                   f"{'–' if gap is None else format(gap, '+.1f')} | {met} | {' / '.join(tuned)} |")
+                   f"{'–' if gap is None else format(gap, '+.2f')} | {met} | {' / '.join(tuned)} |")
     out.append("")
     for model, task, sample in dict.fromkeys((r["model"], r["task"], r["train_sample"]) for r in rows
                                              if r.get("train_sample")):
