@@ -182,10 +182,9 @@ def main() -> None:
         if logs:
             r["train_logs"] = logs
     old = json.loads(a.results.read_text()) if a.results.is_file() else []
-    key = lambda r: (r["model"], r["task"], r["method"])  # noqa: E731
-    fresh = {key(r): r for r in new}
-    # a rebuilt row keeps its place, so RESULTS.md's tables keep their order
-    merged = [fresh.pop(key(r)) if key(r) in fresh else r for r in old] + list(fresh.values())
+    fresh = {(r["model"], r["task"], r["method"]): r for r in new}
+    # a rebuilt row keeps its place, so RESULTS.md's tables keep their order; a new one goes last
+    merged = [fresh.pop((r["model"], r["task"], r["method"]), r) for r in old] + list(fresh.values())
     atomic_write_json(a.results, merged)
     for r in new:
         print(f"{r['model']} {r['task']} {r['method']:9s} lr {r['lr']:g} (grid {', '.join(f'{x:g}' for x in r['lr_grid'])}): "
