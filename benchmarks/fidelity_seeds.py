@@ -14,7 +14,7 @@ lines (task, method, lr, train size, dev score per epoch, test score) make the t
 Trials are grouped by method and lr; per method the lr is chosen as the paper protocol does,
 by the dev score at the first seed, and the row holds every seed at that lr. ``lr_grid`` is
 what was searched, so a row whose grid has one value says that its lr was not tuned. Rows of
-the same (model, task, method) in fidelity.json are replaced; others are kept.
+the same (model, task, method) in fidelity.json are replaced in place; others are kept.
 """
 from __future__ import annotations
 
