@@ -80,10 +80,11 @@ def trial_of_log(path: Path, seed: int, task: str) -> dict:
         sys.exit(f"fidelity_seeds: no train log at {path}")
     head, dev, test, wall, start, last = None, {}, None, 0.0, None, None
     for line in path.read_text().splitlines():
-        if m := LOG_HEAD.search(line):
+        # a resume writes "resuming ..." before its head line: either one ends the previous segment
+        if (m := LOG_HEAD.search(line)) or " INFO resuming " in line:
             if start and last:
                 wall += (last - start).total_seconds()
-            head, start = m, stamp(line)
+            head, start = m or head, stamp(line)
         elif m := LOG_EPOCH.search(line):
             dev[int(m[1])] = (m[2], float(m[3]))
         elif m := LOG_TEST.search(line):
