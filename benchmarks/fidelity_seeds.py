@@ -12,7 +12,8 @@ seed, ``--train-log benchmarks/results/fidelity_minilm_pos_lora_s0_train.log 0``
 lines (task, method, lr, train size, dev score per epoch, test score) make the trial.
 
 Trials are grouped by method and lr; per method the lr is chosen as the paper protocol does,
-by the dev score at the first seed, and the row holds every seed at that lr. ``lr_grid`` is
+by the dev score at the first seed (on a tie, as ``maskfit sweep`` does: an lr inside the grid
+before one on its border, then the lowest), and the row holds every seed at that lr. ``lr_grid`` is
 what was searched, so a row whose grid has one value says that its lr was not tuned. Rows of
 the same (model, task, method) in fidelity.json are replaced in place; others are kept.
 """
@@ -112,13 +113,15 @@ def train_sample(train_flags: list[str]) -> str | None:
 
 
 def rows(model: str, task: str, trials: list[dict], sources: list[str]) -> list[dict]:
+    from maskfit.sweep import choose_lr
+
     out = []
     for method in dict.fromkeys(t["method"] for t in trials):
         mine = [t for t in trials if t["method"] == method]
         grid = sorted({t["lr"] for t in mine})
         first = min(t["seed"] for t in mine)
         at_first = {t["lr"]: t["score"] for t in mine if t["seed"] == first}
-        lr = max(at_first, key=lambda x: at_first[x])
+        lr = choose_lr(at_first)  # the sweep's rule, ties included: inside the grid first, then the lowest
         chosen = sorted((t for t in mine if t["lr"] == lr), key=lambda t: t["seed"])
         exact = [t["score"] for t in chosen]
         out.append({"model": model, "task": task, "metric": chosen[0]["metric"], "method": method, "lr": lr,

@@ -211,6 +211,14 @@ def test_fidelity_rows_merge_sources_and_refuse_what_would_skew_a_row(tmp_path, 
 
     assert "train_sample" not in rows["mask"]
 
+    # a tie at seed 0 is broken as the sweep breaks it (inside the grid first, then the lowest
+    # lr), not by the order of the sources: here the lower lr, which holds three seeds
+    tie = sweep("tie", "arc-easy", [("mask", {"lr": "3e-4"}, 3e-4, 0, 0.52)])
+    run(tie, seeds)
+    rows = {r["method"]: r for r in json.loads(results.read_text())}
+    assert rows["mask"]["lr"] == 1e-4 and rows["mask"]["scores"] == [52.0, 50.0, 48.0]
+    run(seeds, grid)
+
     # a row trained on a seeded sample says so; mixed with full-set trials it is refused below
     sampled = sweep("sampled", "arc-easy", [("mask", {"lr": "1e-4", "seed": "3"}, 1e-4, 3, 0.47)],
                     extra=("--limit-train", "1000", "--limit-train-seed", "0"))
