@@ -217,7 +217,6 @@ def test_fidelity_rows_merge_sources_and_refuse_what_would_skew_a_row(tmp_path, 
     run(tie, seeds)
     rows = {r["method"]: r for r in json.loads(results.read_text())}
     assert rows["mask"]["lr"] == 1e-4 and rows["mask"]["scores"] == [52.0, 50.0, 48.0]
-    run(seeds, grid)
 
     # a row trained on a seeded sample says so; mixed with full-set trials it is refused below
     sampled = sweep("sampled", "arc-easy", [("mask", {"lr": "1e-4", "seed": "3"}, 1e-4, 3, 0.47)],
