@@ -240,6 +240,17 @@ def test_fidelity_rows_merge_sources_and_refuse_what_would_skew_a_row(tmp_path, 
         assert results.read_text() == before  # nothing written
 
 
+def test_results_table_says_tuned_only_for_an_lr_with_a_tried_neighbour_on_each_side():
+    # RESULTS.md's goal table: an lr on its grid's border is what the protocol would extend, not a tuned one
+    spec = importlib.util.spec_from_file_location("results_md", ROOT / "benchmarks" / "results_md.py")
+    rm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rm)
+    assert rm.lr_tuned({"lr": 5e-5, "lr_grid": [5e-5]}) == "no"
+    assert rm.lr_tuned({"lr": 5e-5, "lr_grid": [3e-5, 5e-5]}) == "border"
+    assert rm.lr_tuned({"lr": 3e-5, "lr_grid": [3e-5, 5e-5, 7e-5]}) == "border"
+    assert rm.lr_tuned({"lr": 5e-5, "lr_grid": [3e-5, 5e-5, 7e-5]}) == "yes"
+
+
 # --------------------------------------------------------------------------- real trials on Ray Tune
 
 
