@@ -6,6 +6,7 @@ these tests do not depend on ``maskfit.data`` / ``maskfit.tasks``.
 from __future__ import annotations
 
 import csv
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,18 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 SST2_TRAIN = ROOT.parent / "shared" / "data" / "sst2" / "train.tsv"
 N_SST2_ROWS = 48
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark("paper_table")`` imports ``benchmarks/paper_table.py`` as a module:
+    the benchmarks are scripts, not a package, so tests reach their functions this way."""
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load
 
 
 @pytest.fixture(scope="session")

@@ -1,24 +1,17 @@
 """benchmarks/collapse_probe.py reads the same model and examples that `maskfit eval` and training do."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from maskfit.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="module")
-def probe():
-    spec = importlib.util.spec_from_file_location("collapse_probe", ROOT / "benchmarks" / "collapse_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def probe(load_benchmark):
+    return load_benchmark("collapse_probe")
 
 
 def test_mean_cosine_by_hand(probe):

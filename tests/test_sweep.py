@@ -3,7 +3,6 @@ stand-in trials, one real sweep on Ray Tune (MiniLM, real MRPC rows) and its rer
 one-line errors, and the hint when Ray is missing."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -17,7 +16,6 @@ from maskfit import sweep as sw
 from maskfit.cli import main
 from maskfit.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--task", "mrpc", "--limit-train", "48", "--limit-eval", "32", "--epochs", "1", "--max-length", "32",
         "--threads", "1", "--precision", "fp32"]
 
@@ -103,7 +101,8 @@ class FakeExecutor:
         return {t.key: None for t in trials}
 
 
-def test_paper_protocol_rounds_choose_on_dev_and_a_rerun_reuses_everything(tmp_path, capsys, monkeypatch):
+def test_paper_protocol_rounds_choose_on_dev_and_a_rerun_reuses_everything(tmp_path, capsys, monkeypatch,
+                                                                            load_benchmark):
     fake = FakeExecutor()
     monkeypatch.setattr(sw, "make_executor", lambda a, printer: fake)
     out = tmp_path / "sweep"
@@ -129,9 +128,7 @@ def test_paper_protocol_rounds_choose_on_dev_and_a_rerun_reuses_everything(tmp_p
     assert "border" in stdout and "3.3e-3" in (out / "sweep.md").read_text()
 
     # benchmarks/paper_table.py --profile fidelity turns a sweep.json into its rows
-    spec = importlib.util.spec_from_file_location("paper_table", ROOT / "benchmarks" / "paper_table.py")
-    paper_table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(paper_table)
+    paper_table = load_benchmark("paper_table")
     rows = {r["method"]: r for r in paper_table.fidelity_rows(result, "minilm", "mrpc")}
     assert rows["mask"] == {"model": "minilm", "task": "mrpc", "metric": "accuracy", "method": "mask", "lr": 3.3e-3,
                             "lr_grid": [3e-4, 1e-3, 3.3e-3, 1.1e-2], "seeds": [0, 1, 2],
@@ -176,12 +173,10 @@ def test_without_ray_one_line_and_non_zero(tmp_path, capsys, monkeypatch):
     assert "Traceback" not in out + err and not (tmp_path / "s").exists()
 
 
-def test_fidelity_rows_merge_sources_and_refuse_what_would_skew_a_row(tmp_path, monkeypatch, capsys):
+def test_fidelity_rows_merge_sources_and_refuse_what_would_skew_a_row(tmp_path, monkeypatch, capsys, load_benchmark):
     # benchmarks/fidelity_seeds.py builds a row from several sweeps; a probe of another flag,
     # another task or the same trial twice would silently change the row, so each is refused
-    spec = importlib.util.spec_from_file_location("fidelity_seeds", ROOT / "benchmarks" / "fidelity_seeds.py")
-    fs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fs)
+    fs = load_benchmark("fidelity_seeds")
 
     def sweep(name, task, trials, extra=()):
         path = tmp_path / f"{name}.json"
@@ -240,11 +235,9 @@ def test_fidelity_rows_merge_sources_and_refuse_what_would_skew_a_row(tmp_path, 
         assert results.read_text() == before  # nothing written
 
 
-def test_results_table_says_tuned_only_for_an_lr_with_a_tried_neighbour_on_each_side():
+def test_results_table_says_tuned_only_for_an_lr_with_a_tried_neighbour_on_each_side(load_benchmark):
     # RESULTS.md's goal table: an lr on its grid's border is what the protocol would extend, not a tuned one
-    spec = importlib.util.spec_from_file_location("results_md", ROOT / "benchmarks" / "results_md.py")
-    rm = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rm)
+    rm = load_benchmark("results_md")
     assert rm.lr_tuned({"lr": 5e-5, "lr_grid": [5e-5]}) == "no"
     assert rm.lr_tuned({"lr": 5e-5, "lr_grid": [3e-5, 5e-5]}) == "border"
     assert rm.lr_tuned({"lr": 3e-5, "lr_grid": [3e-5, 5e-5, 7e-5]}) == "border"
