@@ -16,6 +16,10 @@ by the dev score at the first seed (on a tie, as ``maskfit sweep`` does: an lr i
 before one on its border, then the lowest), and the row holds every seed at that lr. ``lr_grid`` is
 what was searched, so a row whose grid has one value says that its lr was not tuned. Rows of
 the same (model, task, method) in fidelity.json are replaced in place; others are kept.
+
+A method's trials must share their epochs, patience and precision wherever their sources record
+them (sweeps record the precision the machine resolved; older sweeps record only a --precision
+other than auto, and a source without --patience is not checked on it).
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ def trials_of(path: Path, task: str) -> list[dict]:
         if flag(data["train_flags"], "--task") not in (None, task):
             sys.exit(f"fidelity_seeds: {path} is a sweep of task {flag(data['train_flags'], '--task')}, not {task}")
         sample = train_sample(data["train_flags"])
+        patience, asked = flag(data["train_flags"], "--patience"), flag(data["train_flags"], "--precision")
         for t in data["trials"]:
             if t.get("status") == "error" or t.get("best") is None:
                 continue
@@ -55,7 +60,9 @@ def trials_of(path: Path, task: str) -> list[dict]:
             out.append({"method": t["method"], "lr": float(t["lr"]), "seed": int(t["seed"]),
                         "score": 100 * t["best"], "epochs": t.get("epochs"), "train_n": t.get("n_train"),
                         "wall_s": t.get("wall_time_s"), "metric": t.get("metric"), "finished": t.get("status"),
-                        "test": None if t.get("test_score") is None else 100 * t["test_score"], "sample": sample})
+                        "test": None if t.get("test_score") is None else 100 * t["test_score"], "sample": sample,
+                        # what the machine resolved, else what was asked for when not auto; None: not recorded
+                        "patience": patience, "precision": t.get("precision") or (asked if asked != "auto" else None)})
     else:  # benchmarks/readme_mrpc.py
         flags = data.get("extra_flags") or []
         if task != "mrpc":
@@ -64,11 +71,12 @@ def trials_of(path: Path, task: str) -> list[dict]:
         for r in data["runs"]:
             out.append({"method": method, "lr": float(r["lr"]), "seed": int(r["seed"]),
                         "score": r["best_dev_accuracy"], "epochs": 10, "train_n": 3668,
-                        "wall_s": r.get("wall_time_s"), "metric": "accuracy", "sample": None})
+                        "wall_s": r.get("wall_time_s"), "metric": "accuracy", "sample": None,
+                        "patience": flag(flags, "--patience"), "precision": r.get("precision")})
     return out
 
 
-LOG_HEAD = re.compile(r" INFO task (\S+) \(\w+, (\d+) train, .*\) model \S+ method (\S+) lr (\S+) on ")
+LOG_HEAD = re.compile(r" INFO task (\S+) \(\w+, (\d+) train, .*\) model \S+ method (\S+) lr (\S+) on \S+, (\w+),")
 LOG_EPOCH = re.compile(r" INFO epoch (\d+): loss \S+ dev (\S+) (\S+) ")
 LOG_TEST = re.compile(r" INFO test (\S+) (\S+) \(best epoch")
 
@@ -100,7 +108,8 @@ def trial_of_log(path: Path, seed: int, task: str) -> dict:
     metric, best = max(dev.values(), key=lambda v: v[1])
     return {"method": head[3], "lr": float(head[4]), "seed": seed, "score": 100 * best, "epochs": None,
             "train_n": int(head[2]), "wall_s": round(wall), "metric": metric,
-            "test": None if test is None else 100 * test, "sample": None, "from_log": True}
+            "test": None if test is None else 100 * test, "sample": None, "from_log": True,
+            "patience": None, "precision": head[5]}
 
 
 def train_sample(train_flags: list[str]) -> str | None:
@@ -180,6 +189,18 @@ def main() -> None:
         a_, b_ = sorted(samples, key=str)[:2]
         sys.exit(f"fidelity_seeds: the sources train on different train sets ({a_ or 'the full split'} and "
                  f"{b_ or 'the full split'}); a row uses one")
+    # a method's trials are compared with each other (the lr at the first seed, then its seeds), so
+    # they must share the schedule and precision; a source that did not record one is not checked on it
+    for method in dict.fromkeys(t["method"] for t in trials):
+        for setting in ("epochs", "patience", "precision"):
+            found = {}
+            for t in trials:
+                if t["method"] == method and t.get(setting) is not None:
+                    found.setdefault(str(t[setting]), seen[(t["method"], t["lr"], t["seed"])])
+            if len(found) > 1:
+                (x, src_x), (y, src_y) = list(found.items())[:2]
+                sys.exit(f"fidelity_seeds: {method} trials differ in {setting} ({x} in {src_x}, {y} in {src_y}); "
+                         "a row compares runs of one schedule and precision")
     new = rows(a.model, a.task, trials, [str(p) for p in a.runs])
     for r in new:  # logs as given, so RESULTS.md can print the command that rebuilds the row
         logs = [[log, int(seed)] for log, seed in a.train_log]

@@ -188,7 +188,7 @@ def test_fidelity_rows_merge_sources_and_refuse_what_would_skew_a_row(tmp_path, 
 
     seeds = sweep("seeds", "arc-easy", [("mask", {"lr": "1e-4", "seed": str(s)}, 1e-4, s, b) for s, b in
                                         enumerate([0.52, 0.50, 0.48])]
-                  + [("finetune", {"lr": "5e-5", "seed": "0"}, 5e-5, 0, 0.56)])
+                  + [("finetune", {"lr": "5e-5", "seed": "0"}, 5e-5, 0, 0.56)], extra=("--patience", "2"))
     grid = sweep("grid", "arc-easy", [("mask", {"lr": "3e-4"}, 3e-4, 0, 0.53), ("mask", {"lr": "7e-5"}, 7e-5, 0, 0.49)])
     results = tmp_path / "fidelity.json"
 
@@ -223,16 +223,43 @@ def test_fidelity_rows_merge_sources_and_refuse_what_would_skew_a_row(tmp_path, 
 
     blocks = sweep("blocks", "arc-easy", [("mask", {"blocks": "all"}, 1e-4, 0, 0.51)])
     rte = sweep("rte", "rte", [("mask", {"lr": "1e-4"}, 1e-4, 3, 0.55)])
+    # a grid or seed run under another early stopping or precision would skew the lr choice or the mean
+    patience0 = sweep("p0", "arc-easy", [("mask", {"lr": "3e-4"}, 3e-4, 0, 0.53)], extra=("--patience", "0"))
+    fp32 = sweep("fp32", "arc-easy", [("finetune", {"lr": "3e-5"}, 3e-5, 0, 0.55)], extra=("--precision", "fp32"))
+    bf16 = sweep("bf16", "arc-easy", [("finetune", {"lr": "7e-5"}, 7e-5, 0, 0.55)], extra=("--precision", "bf16"))
+    auto = sweep("auto", "arc-easy", [("finetune", {"lr": "9e-5"}, 9e-5, 0, 0.54)], extra=("--precision", "auto"))
+    run(seeds, fp32, auto)  # auto without a recorded resolution is not checked
+    assert {r["method"]: r for r in json.loads(results.read_text())}["finetune"]["lr_grid"] == [3e-5, 5e-5, 9e-5]
     for sources, task, message in [((seeds, blocks), "arc-easy", "trial mask/0 sets --blocks all"),
                                    ((seeds, rte), "arc-easy", "is a sweep of task rte, not arc-easy"),
                                    ((seeds, seeds), "arc-easy", "mask lr 0.0001 seed 0 is in both"),
                                    ((seeds,), "rte", "is a sweep of task arc-easy, not rte"),
-                                   ((seeds, sampled), "arc-easy", "the sources train on different train sets")]:
+                                   ((seeds, sampled), "arc-easy", "the sources train on different train sets"),
+                                   ((seeds, patience0), "arc-easy", "mask trials differ in patience (2 in"),
+                                   ((seeds, fp32, bf16), "arc-easy", "finetune trials differ in precision (fp32 in")]:
         before = results.read_text()
         with pytest.raises(SystemExit) as e:
             run(*sources, task=task)
         assert message in str(e.value) and "\n" not in str(e.value)
         assert results.read_text() == before  # nothing written
+
+
+def test_fidelity_trial_from_a_resumed_train_log(tmp_path, load_benchmark):
+    # a run whose folder was lost is read from its log: best dev, test, precision, and the wall
+    # time of its segments (not the gap between a stop and its resume)
+    fs = load_benchmark("fidelity_seeds")
+    head = " INFO task pos (tagging, 12544 train, dev: dev, 2001) model minilm method lora lr 0.0005 on cpu, {}, 1 process(es)"
+    log = tmp_path / "train.log"
+    log.write_text("\n".join([
+        "2026-12-03 10:00:00,000" + head.format("fp32"),
+        "2026-12-03 10:10:00,000 INFO epoch 1: loss 0.500 dev word_accuracy 0.9100 (best)",
+        "2026-12-03 12:00:00,000 INFO resuming runs/pos: epochs 1-1 done (best 0.9100 at epoch 1), epoch 2 runs next",
+        "2026-12-03 12:00:05,000" + head.format("fp32"),
+        "2026-12-03 12:10:05,000 INFO epoch 2: loss 0.400 dev word_accuracy 0.9300 (best)",
+        "2026-12-03 12:12:05,000 INFO test word_accuracy 0.9200 (best epoch 2)"]) + "\n")
+    t = fs.trial_of_log(log, 0, "pos")
+    assert (t["method"], t["lr"], t["train_n"], t["precision"]) == ("lora", 5e-4, 12544, "fp32")
+    assert round(t["score"], 6) == 93.0 and round(t["test"], 6) == 92.0 and t["wall_s"] == 600 + 720
 
 
 def test_results_table_says_tuned_only_for_an_lr_with_a_tried_neighbour_on_each_side(load_benchmark):
@@ -279,7 +306,7 @@ def test_sweep_on_ray_trains_records_and_reuses(tmp_path, capsys):
         metrics = json.loads((out / key / "metrics.json").read_text())
         assert t["best"] == metrics["best_score"] and t["best_epoch"] == metrics["best_epoch"]
         assert t["dev_scores"] == [e["dev_score"] for e in metrics["epochs"]]
-        assert metrics["n_train"] == 48 and metrics["lr"] == t["lr"]
+        assert metrics["n_train"] == 48 and metrics["lr"] == t["lr"] and t["precision"] == metrics["precision"]
         assert t["command"].startswith("maskfit train --task mrpc") and "--out" in t["command"]
     assert "resuming" in (out / "mask" / "lr-1e-3" / "train.log").read_text()
     md = (out / "sweep.md").read_text()

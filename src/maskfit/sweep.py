@@ -749,7 +749,8 @@ class Sweep:
             rec.update(metric=m.get("metric"), dev_scores=[e.get("dev_score") for e in m["epochs"]],
                        best=m["best_score"], best_epoch=m.get("best_epoch"), test_score=m.get("test_score"),
                        wall_time_s=m.get("wall_time_s"), n_train=m.get("n_train"), epochs_run=len(m["epochs"]),
-                       epochs=(m.get("args") or {}).get("epochs"), lr=m.get("lr", t.lr))
+                       epochs=(m.get("args") or {}).get("epochs"), lr=m.get("lr", t.lr),
+                       precision=m.get("precision"))  # as resolved on the machine, so rows can compare it
         if t.key not in self.records:
             self.order.append(t.key)
         self.records[t.key] = rec
