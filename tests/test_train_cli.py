@@ -325,11 +325,9 @@ def test_patience_only_truncates_the_run(tmp_path):
 
 def test_default_lr_per_model_method_and_flag():
     """MPNet masks default to their own lr (they collapse at the shared 1e-4); a given --lr always wins."""
-    from maskfit.tasks import get_task
     from maskfit.train import DEFAULT_LR, MODEL_LR, TrainArgs
 
-    task = get_task("mrpc")
-    assert TrainArgs(method="mask").resolved_lr(task, "mpnet") == MODEL_LR["mpnet", "mask"] != DEFAULT_LR["mask"]
-    assert TrainArgs(method="mask").resolved_lr(task, "minilm") == DEFAULT_LR["mask"]
-    assert TrainArgs(method="finetune").resolved_lr(task, "mpnet") == DEFAULT_LR["finetune"]
-    assert TrainArgs(method="mask", lr=2e-4).resolved_lr(task, "mpnet") == 2e-4
+    assert TrainArgs(method="mask").resolved_lr("mpnet") == MODEL_LR["mpnet", "mask"] != DEFAULT_LR["mask"]
+    assert TrainArgs(method="mask").resolved_lr("minilm") == DEFAULT_LR["mask"]
+    assert TrainArgs(method="finetune").resolved_lr("mpnet") == DEFAULT_LR["finetune"]
+    assert TrainArgs(method="mask", lr=2e-4).resolved_lr("mpnet") == 2e-4

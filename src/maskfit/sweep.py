@@ -391,7 +391,7 @@ class Planner:
         if key not in self._data:
             self._data[key] = task.data_fingerprint()
         info["data"] = self._data[key]
-        return Trial(name, args.method, values, argv, run_dir, args.resolved_lr(task, ns.model), args.seed, ns.threads,
+        return Trial(name, args.method, values, argv, run_dir, args.resolved_lr(ns.model), args.seed, ns.threads,
                      args.device, info, group)
 
 

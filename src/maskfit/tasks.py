@@ -45,8 +45,7 @@ class TaskSpec:
     ``files`` maps split -> path relative to the data dir; ``reader`` reads one file;
     ``labels`` is the ordered label-name tuple, or None to derive it (sorted) from the
     train split; choice tasks have ``labels=()``. ``unavailable`` maps a split to the
-    reason it is missing. ``paper_lr_*`` are the per-task learning rates of Zhao et al.
-    (2020) where known, else None (callers then use their own default).
+    reason it is missing.
     """
 
     name: str
@@ -56,8 +55,6 @@ class TaskSpec:
     reader: Callable[[Path], list] | None
     labels: tuple[str, ...] | None = None
     eval_split: str = "dev"
-    paper_lr_mask: float | None = None
-    paper_lr_finetune: float | None = None
     description: str = ""
     unavailable: Mapping[str, str] = field(default_factory=dict)
 

@@ -123,7 +123,7 @@ class TrainArgs:
         "mask: learn masks over the frozen weights; finetune: the paper's baseline, every weight trained; "
         "lora: low-rank adapters (peft) on --lora-targets and the head trained", choices=METHODS))
     lr: float | None = field(default=None, metadata=_help(
-        f"Adam learning rate (default: the task's paper lr for the method, else {DEFAULT_LR['mask']:g} for masks "
+        f"Adam learning rate (default: {DEFAULT_LR['mask']:g} for masks "
         f"({MODEL_LR['mpnet', 'mask']:g} on mpnet), {DEFAULT_LR['finetune']:g} for finetuning, "
         f"{DEFAULT_LR['lora']:g} for lora)"))
     epochs: int = field(default=10, metadata=_help("most epochs to train"))
@@ -209,12 +209,11 @@ class TrainArgs:
             if not ok:
                 raise ConfigError(message)
 
-    def resolved_lr(self, task, model_name: str | None = None) -> float:
-        """``--lr``, else the task's paper lr for the method, else the model's (``MODEL_LR``), else ``DEFAULT_LR``."""
+    def resolved_lr(self, model_name: str | None = None) -> float:
+        """``--lr``, else the model's (``MODEL_LR``), else the method's ``DEFAULT_LR``."""
         if self.lr is not None:
             return self.lr
-        paper = getattr(task.spec if hasattr(task, "spec") else task, f"paper_lr_{self.method}", None)
-        return paper or MODEL_LR.get((model_name, self.method), DEFAULT_LR[self.method])
+        return MODEL_LR.get((model_name, self.method), DEFAULT_LR[self.method])
 
     @classmethod
     def defaults(cls) -> dict:
@@ -389,7 +388,7 @@ def run_info(task, model_name: str, args: TrainArgs, mask_config: MaskConfig | N
         "metric": task.metric,
         "max_length": args.max_length,
         "precision": engine.precision if engine is not None else None,
-        "lr": args.resolved_lr(task, model_name),
+        "lr": args.resolved_lr(model_name),
         "args": asdict(args),
         "mask_config": mask_config.to_dict() if mask_config else None,
         "engine": engine.describe() if engine is not None else None,
@@ -403,7 +402,7 @@ def run_info(task, model_name: str, args: TrainArgs, mask_config: MaskConfig | N
 def _fit(engine: Engine, task, model_name, out_dir, args, mask_config, model_config, overwrite, callbacks, progress,
          task_info) -> FitResult:
     t_start = time.perf_counter()
-    lr = args.resolved_lr(task, model_name)
+    lr = args.resolved_lr(model_name)
     kind, labels = task_type(task.type), task_labels(task)
     info = run_info(task, model_name, args, mask_config, task_info, engine, data=out_dir is not None)
     run = RunDir(out_dir, engine.is_main, engine.broadcast) if out_dir is not None else None

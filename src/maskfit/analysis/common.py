@@ -55,8 +55,8 @@ class Settings:
     limit_eval: int | None = _f(300, "evaluate on the first N dev examples; 0 = all", type=_limit)
     epochs: int = _f(2, "training epochs per run")
     lr: float | None = _f(2e-3, "mask-score learning rate (high because small runs take few steps; the paper "
-                                "uses 1e-4 … 1e-3 over full train sets; None: the task's paper lr)")
-    finetune_lr: float | None = _f(1e-4, "finetuning learning rate (None: the task's paper lr)")
+                                "uses 1e-4 … 1e-3 over full train sets; None: maskfit train's default)")
+    finetune_lr: float | None = _f(1e-4, "finetuning learning rate (None: maskfit train's default)")
     batch_size: int = _f(16, "training batch size")
     max_length: int = _f(64, "truncate inputs to N tokens")
     patience: int = 0
